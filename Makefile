@@ -1,0 +1,49 @@
+# node-local-coredns
+#
+#   make demo   the simulated node, end to end (root)
+#   make test   every test (root; installs iptables, nftables and conntrack when missing)
+#   make build  the binary in bin/
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X main.version=$(VERSION)
+BIN      := bin/node-local-coredns
+export CGO_ENABLED ?= 0
+
+.PHONY: all build test unit demo deps vet clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/node-local-coredns
+
+# deps installs the tools the namespace tests and the demo drive: iptables
+# (legacy and nft), nftables, conntrack and iproute2, from the distribution.
+deps:
+	@missing=""; \
+	for t in iptables-legacy iptables-nft nft conntrack ip; do \
+		command -v $$t >/dev/null 2>&1 || missing=1; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make: iptables, nftables, conntrack and iproute2 are needed; run as root to install them"; exit 1; fi; \
+		echo "installing iptables, nftables, conntrack, iproute2"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables nftables conntrack iproute2 >/dev/null; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+# test runs every test. As root the namespace tests are required: a skipped
+# one fails the run.
+test: deps vet
+	NODESIM_REQUIRED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test -count=1 -timeout 30m ./...
+
+# unit runs the tests that need no root.
+unit:
+	$(GO) test -count=1 -short ./internal/... ./cmd/...
+
+demo: deps build
+	$(GO) run ./test/demo -binary $(BIN)
+
+clean:
+	rm -rf bin

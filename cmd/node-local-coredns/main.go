@@ -1,0 +1,91 @@
+// Command node-local-coredns is a node-local DNS cache for Kubernetes: it
+// takes over the kube-dns ClusterIP on the node, serves it with an embedded
+// CoreDNS, and keeps pods' DNS off conntrack and DNAT.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/agent"
+	"github.com/node-local-coredns/node-local-coredns/internal/config"
+	"github.com/node-local-coredns/node-local-coredns/internal/metrics"
+	"github.com/node-local-coredns/node-local-coredns/internal/server"
+)
+
+// version is set at link time (-X main.version=...).
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// run is main without the process: it returns the exit code.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	for _, a := range args {
+		switch strings.TrimLeft(a, "-") {
+		case "version":
+			fmt.Fprintln(stdout, "node-local-coredns", versionString())
+			return 0
+		case "plugins":
+			fmt.Fprintln(stdout, strings.Join(server.Plugins(), "\n"))
+			return 0
+		}
+	}
+	cfg, err := config.Parse(args, getenv, stderr)
+	if errors.Is(err, config.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "node-local-coredns:", err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log.Info("starting", "version", versionString(), "local_ips", cfg.LocalIPs, "upstreams", cfg.Upstreams,
+		"interface", cfg.Interface, "setup_interface", cfg.SetupInterface, "setup_netfilter", cfg.SetupNetfilter)
+	if err := metrics.Register(prometheus.DefaultRegisterer); err != nil {
+		log.Error("registering metrics", "error", err)
+		return 1
+	}
+	steps, err := agent.Steps(ctx, cfg, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "node-local-coredns:", err)
+		return 1
+	}
+	if err := agent.New(steps, cfg.SyncInterval, log).Run(ctx); err != nil {
+		log.Error("exiting", "error", err)
+		return 1
+	}
+	log.Info("stopped cleanly")
+	return 0
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+		if bi.Main.Version != "" {
+			return bi.Main.Version
+		}
+	}
+	return "dev"
+}

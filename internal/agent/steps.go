@@ -1,0 +1,163 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/config"
+	"github.com/node-local-coredns/node-local-coredns/internal/corefile"
+	"github.com/node-local-coredns/node-local-coredns/internal/metrics"
+	"github.com/node-local-coredns/node-local-coredns/internal/netfilter"
+	"github.com/node-local-coredns/node-local-coredns/internal/netif"
+	"github.com/node-local-coredns/node-local-coredns/internal/server"
+)
+
+// Steps builds the agent's steps for cfg: the interface (if set up), the
+// embedded CoreDNS, the rules (if set up). Everything that can be checked
+// without touching the node is checked here: capabilities, tools, and the
+// Corefile template.
+func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, error) {
+	if err := checkPrivileges(cfg); err != nil {
+		return nil, err
+	}
+	source := CorefileSource(cfg, log)
+	if _, err := source(); err != nil {
+		return nil, err
+	}
+	var steps []Step
+	if cfg.SetupInterface {
+		steps = append(steps, netif.NewManager(netif.Netlink{}, cfg.Interface, cfg.LocalIPs, log))
+	}
+	steps = append(steps, &serverStep{source: source})
+	if cfg.SetupNetfilter {
+		mode := cfg.IptablesMode
+		if mode == netfilter.ModeAuto {
+			mode = netfilter.DetectMode(ctx)
+		}
+		tables := map[netfilter.Family]netfilter.Tables{}
+		for _, ip := range cfg.LocalIPs {
+			f := netfilter.FamilyOf(ip)
+			if tables[f] != nil {
+				continue
+			}
+			t, err := netfilter.NewIptables(f, mode)
+			if err != nil {
+				return nil, err
+			}
+			tables[f] = t
+		}
+		log.Info("packet filter", "mode", mode)
+		m, err := netfilter.NewManager(tables, cfg.LocalIPs, netfilter.Options{
+			Port:        cfg.Port,
+			SocketMatch: true,
+			HostNetwork: cfg.DivertHostNetwork,
+		}, log)
+		if err != nil {
+			return nil, err
+		}
+		steps = append(steps, &rulesStep{m})
+	}
+	return steps, nil
+}
+
+// rulesStep reports the socket-match state after setting up the rules.
+type rulesStep struct{ *netfilter.Manager }
+
+func (r *rulesStep) Setup() error {
+	if err := r.Manager.Setup(); err != nil {
+		return err
+	}
+	metrics.RulesInstalled.Set(1)
+	if r.SocketMatch() {
+		metrics.SocketMatch.Set(1)
+	} else {
+		metrics.SocketMatch.Set(0)
+	}
+	return nil
+}
+
+func (r *rulesStep) Teardown() error {
+	err := r.Manager.Teardown()
+	if err == nil {
+		metrics.RulesInstalled.Set(0)
+	}
+	return err
+}
+
+// serverStep is the embedded CoreDNS as a Step.
+type serverStep struct {
+	source server.Source
+	srv    *server.Server
+}
+
+func (s *serverStep) Name() string { return "server" }
+
+func (s *serverStep) Setup() error {
+	srv, err := server.Start(s.source)
+	if err != nil {
+		return err
+	}
+	s.srv = srv
+	return nil
+}
+
+func (s *serverStep) Sync() (int, error) { return 0, nil }
+
+func (s *serverStep) Teardown() error {
+	if s.srv == nil {
+		return nil
+	}
+	err := s.srv.Stop()
+	s.srv = nil
+	return err
+}
+
+// CorefileSource returns the server.Source that renders cfg's Corefile
+// template (read again on every call, so that a changed ConfigMap is seen).
+// A template that does not read, render or parse is logged once per
+// distinct content and counted in a metric.
+func CorefileSource(cfg config.Config, log *slog.Logger) server.Source {
+	values := corefile.Values{
+		LocalIPs:       cfg.LocalIPs,
+		Upstreams:      cfg.Upstreams,
+		ClusterDomain:  cfg.ClusterDomain,
+		Port:           cfg.Port,
+		HealthAddr:     cfg.HealthAddr,
+		ReadyAddr:      cfg.ReadyAddr,
+		MetricsAddr:    cfg.MetricsAddr,
+		ReloadInterval: cfg.ReloadInterval,
+	}
+	var (
+		mu      sync.Mutex
+		lastBad [sha256.Size]byte
+	)
+	return func() (string, error) {
+		name, text := "built-in", corefile.Default
+		if cfg.CorefilePath != "" {
+			b, err := os.ReadFile(cfg.CorefilePath)
+			if err != nil {
+				metrics.CorefileErrors.Inc()
+				return "", fmt.Errorf("reading Corefile template: %w", err)
+			}
+			name, text = cfg.CorefilePath, string(b)
+		}
+		out, err := corefile.Render(name, text, values)
+		if err != nil {
+			sum := sha256.Sum256([]byte(text))
+			mu.Lock()
+			fresh := sum != lastBad
+			lastBad = sum
+			mu.Unlock()
+			if fresh {
+				metrics.CorefileErrors.Inc()
+				log.Error("refusing Corefile template; the running configuration keeps serving", "error", err)
+			}
+			return "", err
+		}
+		return out, nil
+	}
+}

@@ -1,0 +1,303 @@
+// Package config resolves the agent's typed configuration from flags and the
+// service environment variables that kubelet injects into every pod.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults, kept in one place.
+const (
+	DefaultUpstreamService = "node-local-coredns"
+	DefaultInterface       = "nodelocaldns"
+	DefaultClusterDomain   = "cluster.local"
+	DefaultPort            = 53
+	DefaultSyncInterval    = 10 * time.Second
+	DefaultHealthAddr      = "127.0.0.1:8080"
+	DefaultReadyAddr       = "127.0.0.1:8181"
+	DefaultMetricsAddr     = ":9253"
+	DefaultReloadInterval  = 5 * time.Second
+
+	// kubeDNSHostEnv holds the kube-dns ClusterIP in every pod.
+	kubeDNSHostEnv = "KUBE_DNS_SERVICE_HOST"
+)
+
+// Config is the resolved, validated configuration of one agent.
+type Config struct {
+	// LocalIPs are the addresses the agent takes over and serves on,
+	// normally the kube-dns ClusterIP (one per address family).
+	LocalIPs []netip.Addr
+	// Upstreams receive every cache miss, normally the ClusterIP of the
+	// node-local-coredns Service, which has the same endpoints as kube-dns.
+	Upstreams []netip.AddrPort
+	// UpstreamService names the Service whose environment variables give
+	// Upstreams when --upstream is not set.
+	UpstreamService string
+	// Interface holds the local IPs; created (and later deleted) when absent.
+	Interface string
+	// ClusterDomain is the cluster's DNS domain.
+	ClusterDomain string
+	// Port is the DNS port served on every local IP.
+	Port uint16
+	// CorefilePath is a Corefile template file; empty means the built-in one.
+	CorefilePath string
+	// SyncInterval is how often addresses and rules are checked and repaired.
+	SyncInterval time.Duration
+	// ReloadInterval is how often the Corefile template is checked for changes.
+	ReloadInterval time.Duration
+	// SetupInterface adds the local IPs to Interface (and creates it).
+	SetupInterface bool
+	// SetupNetfilter installs the NOTRACK/ACCEPT rules.
+	SetupNetfilter bool
+	// DivertHostNetwork also takes host-network clients off conntrack and
+	// DNAT (raw OUTPUT). It is not gated on a bound socket; see docs.
+	DivertHostNetwork bool
+	// IptablesMode is auto, legacy or nft.
+	IptablesMode string
+	// HealthAddr is where the CoreDNS health plugin listens.
+	HealthAddr string
+	// ReadyAddr is where the CoreDNS ready plugin listens.
+	ReadyAddr string
+	// MetricsAddr is where Prometheus metrics are served.
+	MetricsAddr string
+}
+
+// Error is a configuration error that names the flag (and the environment
+// variable, where one applies) the user has to set.
+type Error struct {
+	Flag string
+	Env  string
+	Err  error
+}
+
+func (e *Error) Error() string {
+	if e.Env != "" {
+		return fmt.Sprintf("--%s: %v (set --%s or $%s)", e.Flag, e.Err, e.Flag, e.Env)
+	}
+	return fmt.Sprintf("--%s: %v", e.Flag, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// ErrHelp is returned by Parse when -h or --help was given.
+var ErrHelp = flag.ErrHelp
+
+// Parse resolves the configuration from args (without the program name) and
+// getenv. It returns an *Error naming the flag for any missing or bad value;
+// it touches nothing on the node.
+func Parse(args []string, getenv func(string) string, output io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("node-local-coredns", flag.ContinueOnError)
+	fs.SetOutput(output)
+	var (
+		localIPs    = fs.String("local-ip", "", "comma-separated IPs to take over and serve on (default: $"+kubeDNSHostEnv+")")
+		upstreamSvc = fs.String("upstream-svc", DefaultUpstreamService, "Service that receives cache misses, found through $<NAME>_SERVICE_HOST and $<NAME>_SERVICE_PORT_DNS")
+		upstreams   = fs.String("upstream", "", "comma-separated host[:port] upstreams; overrides --upstream-svc")
+		port        = fs.Uint("port", DefaultPort, "DNS port to serve on every local IP")
+		c           Config
+	)
+	fs.StringVar(&c.Interface, "interface", DefaultInterface, "interface that holds the local IPs; created as a dummy (or port-less bridge) when absent")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", DefaultClusterDomain, "cluster DNS domain")
+	fs.StringVar(&c.CorefilePath, "corefile", "", "Corefile template file (default: built in)")
+	fs.DurationVar(&c.SyncInterval, "sync-interval", DefaultSyncInterval, "how often addresses and rules are checked and repaired")
+	fs.DurationVar(&c.ReloadInterval, "reload-interval", DefaultReloadInterval, "how often the Corefile template is checked for changes (rendered into the reload plugin)")
+	fs.BoolVar(&c.SetupInterface, "setup-interface", true, "add the local IPs to --interface")
+	fs.BoolVar(&c.SetupNetfilter, "setup-netfilter", true, "install the NOTRACK and ACCEPT rules")
+	fs.BoolVar(&c.DivertHostNetwork, "divert-host-network", false, "also take host-network clients off conntrack (not gated on a bound socket)")
+	fs.StringVar(&c.IptablesMode, "iptables-mode", "auto", "iptables backend: auto (the mode that holds the host's rules, as kube-proxy picks it), legacy or nft")
+	fs.StringVar(&c.HealthAddr, "health-addr", DefaultHealthAddr, "address of the health endpoint")
+	fs.StringVar(&c.ReadyAddr, "ready-addr", DefaultReadyAddr, "address of the readiness endpoint")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", DefaultMetricsAddr, "address of the Prometheus metrics endpoint")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+
+	var err error
+	if c.LocalIPs, err = resolveLocalIPs(*localIPs, getenv); err != nil {
+		return Config{}, err
+	}
+	if *port == 0 || *port > 65535 {
+		return Config{}, &Error{Flag: "port", Err: fmt.Errorf("%d is not a port", *port)}
+	}
+	c.Port = uint16(*port)
+	c.UpstreamService = *upstreamSvc
+	if c.Upstreams, err = resolveUpstreams(*upstreams, *upstreamSvc, getenv); err != nil {
+		return Config{}, err
+	}
+	if err := c.validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+func resolveLocalIPs(value string, getenv func(string) string) ([]netip.Addr, error) {
+	env := ""
+	if value == "" {
+		value = getenv(kubeDNSHostEnv)
+		env = kubeDNSHostEnv
+		if value == "" {
+			return nil, &Error{Flag: "local-ip", Env: kubeDNSHostEnv, Err: errors.New("no local IP: the kube-dns ClusterIP is not known")}
+		}
+	}
+	var ips []netip.Addr
+	seen := map[netip.Addr]bool{}
+	for _, s := range splitList(value) {
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Zone() != "" {
+			return nil, &Error{Flag: "local-ip", Env: env, Err: fmt.Errorf("%q is not an IP address", s)}
+		}
+		ip = ip.Unmap()
+		if ip.IsUnspecified() || ip.IsMulticast() {
+			return nil, &Error{Flag: "local-ip", Env: env, Err: fmt.Errorf("%s cannot be served on", ip)}
+		}
+		if seen[ip] {
+			continue
+		}
+		seen[ip] = true
+		ips = append(ips, ip)
+	}
+	if len(ips) == 0 {
+		return nil, &Error{Flag: "local-ip", Env: env, Err: errors.New("empty list")}
+	}
+	return ips, nil
+}
+
+// ServiceEnvPrefix returns the prefix of the environment variables kubelet
+// sets for a Service: upper case, dashes as underscores.
+func ServiceEnvPrefix(service string) string {
+	return strings.ToUpper(strings.ReplaceAll(service, "-", "_"))
+}
+
+func resolveUpstreams(value, service string, getenv func(string) string) ([]netip.AddrPort, error) {
+	if value != "" {
+		var ups []netip.AddrPort
+		for _, s := range splitList(value) {
+			ap, err := parseHostPort(s)
+			if err != nil {
+				return nil, &Error{Flag: "upstream", Err: err}
+			}
+			ups = append(ups, ap)
+		}
+		if len(ups) == 0 {
+			return nil, &Error{Flag: "upstream", Err: errors.New("empty list")}
+		}
+		return ups, nil
+	}
+	if service == "" {
+		return nil, &Error{Flag: "upstream-svc", Err: errors.New("empty service name; set --upstream-svc or --upstream")}
+	}
+	prefix := ServiceEnvPrefix(service)
+	hostEnv := prefix + "_SERVICE_HOST"
+	host := getenv(hostEnv)
+	if host == "" {
+		return nil, &Error{Flag: "upstream", Env: hostEnv, Err: fmt.Errorf("the ClusterIP of Service %q is not known", service)}
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil, &Error{Flag: "upstream", Env: hostEnv, Err: fmt.Errorf("%q is not an IP address", host)}
+	}
+	port := uint16(DefaultPort)
+	for _, env := range []string{prefix + "_SERVICE_PORT_DNS", prefix + "_SERVICE_PORT"} {
+		if v := getenv(env); v != "" {
+			p, err := strconv.ParseUint(v, 10, 16)
+			if err != nil || p == 0 {
+				return nil, &Error{Flag: "upstream", Env: env, Err: fmt.Errorf("%q is not a port", v)}
+			}
+			port = uint16(p)
+			break
+		}
+	}
+	return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), port)}, nil
+}
+
+// parseHostPort parses "IP", "IP:port", "[IPv6]:port" or a bare IPv6.
+func parseHostPort(s string) (netip.AddrPort, error) {
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(ip.Unmap(), DefaultPort), nil
+	}
+	host, portStr, err := net.SplitHostPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not host[:port]", s)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q: %q is not an IP address", s, host)
+	}
+	p, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || p == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q: %q is not a port", s, portStr)
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), nil
+}
+
+func (c *Config) validate() error {
+	for _, up := range c.Upstreams {
+		for _, ip := range c.LocalIPs {
+			if up.Addr() == ip && up.Port() == c.Port {
+				return &Error{Flag: "upstream", Err: fmt.Errorf("%s is a local IP: forwarding there would loop", up)}
+			}
+		}
+	}
+	if c.SetupInterface {
+		if c.Interface == "" || len(c.Interface) > 15 || strings.ContainsAny(c.Interface, "/ \t") {
+			return &Error{Flag: "interface", Err: fmt.Errorf("%q is not an interface name", c.Interface)}
+		}
+	}
+	domain := strings.TrimSuffix(c.ClusterDomain, ".")
+	if domain == "" || strings.ContainsAny(domain, " \t{}") {
+		return &Error{Flag: "cluster-domain", Err: fmt.Errorf("%q is not a domain", c.ClusterDomain)}
+	}
+	c.ClusterDomain = domain
+	switch c.IptablesMode {
+	case "auto", "legacy", "nft":
+	default:
+		return &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", c.IptablesMode)}
+	}
+	if c.SyncInterval < time.Second {
+		return &Error{Flag: "sync-interval", Err: fmt.Errorf("%s is shorter than 1s", c.SyncInterval)}
+	}
+	if c.ReloadInterval < 2*time.Second {
+		return &Error{Flag: "reload-interval", Err: fmt.Errorf("%s is shorter than 2s (the reload plugin's minimum)", c.ReloadInterval)}
+	}
+	for flagName, addr := range map[string]string{"health-addr": c.HealthAddr, "ready-addr": c.ReadyAddr, "metrics-addr": c.MetricsAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return &Error{Flag: flagName, Err: fmt.Errorf("%q is not host:port", addr)}
+		}
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// HasIPv4 reports whether any local IP is IPv4.
+func (c Config) HasIPv4() bool { return c.hasFamily(true) }
+
+// HasIPv6 reports whether any local IP is IPv6.
+func (c Config) HasIPv6() bool { return c.hasFamily(false) }
+
+func (c Config) hasFamily(v4 bool) bool {
+	for _, ip := range c.LocalIPs {
+		if ip.Is4() == v4 {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,130 @@
+package nodesim
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Agent is a node-local-coredns process running in the node's namespace.
+type Agent struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+// StartAgent starts binary in the node's namespace with args and the
+// service environment kubelet would give a pod.
+func (n *Node) StartAgent(binary string, args ...string) (*Agent, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS, binary}, args...)...)
+	cmd.Env = append(os.Environ(), n.ServiceEnv()...)
+	a := &Agent{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout = a.out
+	cmd.Stderr = a.out
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", binary, err)
+	}
+	go func() {
+		a.err = cmd.Wait()
+		close(a.done)
+	}()
+	return a, nil
+}
+
+// ServiceEnv is the environment kubelet injects for the two Services.
+func (n *Node) ServiceEnv() []string {
+	return []string{
+		"KUBE_DNS_SERVICE_HOST=" + KubeDNS.String(),
+		"KUBE_DNS_SERVICE_PORT=53",
+		"KUBE_DNS_SERVICE_PORT_DNS=53",
+		"NODE_LOCAL_COREDNS_SERVICE_HOST=" + NodeLocalDNS.String(),
+		"NODE_LOCAL_COREDNS_SERVICE_PORT=53",
+		"NODE_LOCAL_COREDNS_SERVICE_PORT_DNS=53",
+	}
+}
+
+// Pid returns the agent's process id.
+func (a *Agent) Pid() int { return a.cmd.Process.Pid }
+
+// Output returns what the agent has logged so far.
+func (a *Agent) Output() string { return a.out.String() }
+
+// Signal sends sig to the agent.
+func (a *Agent) Signal(sig syscall.Signal) error { return a.cmd.Process.Signal(sig) }
+
+// Wait waits up to timeout for the agent to exit and returns its exit code.
+func (a *Agent) Wait(timeout time.Duration) (int, error) {
+	select {
+	case <-a.done:
+		return a.cmd.ProcessState.ExitCode(), nil
+	case <-time.After(timeout):
+		return -1, fmt.Errorf("agent still running after %s", timeout)
+	}
+}
+
+// Exited reports whether the agent has exited.
+func (a *Agent) Exited() bool {
+	select {
+	case <-a.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop sends SIGTERM and waits up to timeout; it kills the agent if it
+// does not exit. It returns the exit code.
+func (a *Agent) Stop(timeout time.Duration) (int, error) {
+	if a.Exited() {
+		return a.cmd.ProcessState.ExitCode(), nil
+	}
+	_ = a.Signal(syscall.SIGTERM)
+	code, err := a.Wait(timeout)
+	if err != nil {
+		_ = a.Signal(syscall.SIGKILL)
+		<-a.done
+	}
+	return code, err
+}
+
+// WaitLog waits until the agent's output contains marker.
+func (a *Agent) WaitLog(ctx context.Context, marker string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if bytes.Contains([]byte(a.Output()), []byte(marker)) {
+			return nil
+		}
+		if a.Exited() {
+			return fmt.Errorf("agent exited before %q: %s", marker, a.Output())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("no %q in the agent's log after %s: %s", marker, timeout, a.Output())
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

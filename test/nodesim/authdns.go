@@ -1,0 +1,156 @@
+package nodesim
+
+import (
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/miekg/dns"
+)
+
+// Names the simulated kube-dns answers:
+//   - <anything>.svc.<domain>: A and AAAA derived from the name, TTL 30;
+//   - nx-<anything>.svc.<domain> and unknown names in <domain>: NXDOMAIN;
+//   - <anything>.example.org: A and AAAA, as if kube-dns had forwarded it;
+//   - PTR in in-addr.arpa/ip6.arpa: a name derived from the question.
+//
+// Every answer is the same from every endpoint, so answers through the agent
+// and through DNAT can be compared.
+const TTL = 30
+
+// AuthDNS is an authoritative DNS server for the cluster zone, running as one
+// kube-dns endpoint. It counts the queries it gets.
+type AuthDNS struct {
+	domain  string
+	servers []*dns.Server
+	queries atomic.Int64
+	mu      sync.Mutex
+	byName  map[string]int
+	down    atomic.Bool
+}
+
+// newAuthDNS serves on the listeners, which the caller opened inside the
+// endpoint's namespace.
+func newAuthDNS(domain string, pc net.PacketConn, ln net.Listener) *AuthDNS {
+	a := &AuthDNS{domain: dns.Fqdn(domain), byName: map[string]int{}}
+	a.servers = []*dns.Server{
+		{PacketConn: pc, Handler: a},
+		{Listener: ln, Handler: a},
+	}
+	for _, s := range a.servers {
+		go s.ActivateAndServe() //nolint:errcheck // ends when shut down
+	}
+	return a
+}
+
+// Queries returns how many queries the endpoint answered.
+func (a *AuthDNS) Queries() int64 { return a.queries.Load() }
+
+// QueriesFor returns how many queries for name (any type) the endpoint got.
+func (a *AuthDNS) QueriesFor(name string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.byName[strings.ToLower(dns.Fqdn(name))]
+}
+
+// SetDown makes the endpoint drop every query (true) or answer again.
+func (a *AuthDNS) SetDown(down bool) { a.down.Store(down) }
+
+func (a *AuthDNS) shutdown() {
+	for _, s := range a.servers {
+		_ = s.Shutdown()
+	}
+}
+
+// ServeDNS implements dns.Handler.
+func (a *AuthDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	if a.down.Load() || len(r.Question) != 1 {
+		return
+	}
+	q := r.Question[0]
+	name := strings.ToLower(q.Name)
+	a.queries.Add(1)
+	a.mu.Lock()
+	a.byName[name]++
+	a.mu.Unlock()
+
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	if opt := r.IsEdns0(); opt != nil {
+		m.SetEdns0(opt.UDPSize(), false)
+	}
+	answer(m, q, a.domain)
+	if _, isUDP := w.RemoteAddr().(*net.UDPAddr); isUDP {
+		m.Truncate(udpSize(r))
+	}
+	_ = w.WriteMsg(m)
+}
+
+func udpSize(r *dns.Msg) int {
+	if opt := r.IsEdns0(); opt != nil {
+		return int(opt.UDPSize())
+	}
+	return dns.MinMsgSize
+}
+
+func answer(m *dns.Msg, q dns.Question, domain string) {
+	name := strings.ToLower(q.Name)
+	hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: TTL}
+	inZone := dns.IsSubDomain(domain, name)
+	switch {
+	case strings.HasPrefix(name, "nx-"), inZone && !dns.IsSubDomain("svc."+domain, name) && name != domain:
+		m.Rcode = dns.RcodeNameError
+		m.Ns = []dns.RR{soa(domain)}
+	case dns.IsSubDomain("in-addr.arpa.", name), dns.IsSubDomain("ip6.arpa.", name):
+		if q.Qtype == dns.TypePTR {
+			m.Answer = []dns.RR{&dns.PTR{Hdr: hdr, Ptr: fmt.Sprintf("host-%08x.svc.%s", hash(name), domain)}}
+		}
+	case inZone || dns.IsSubDomain("example.org.", name):
+		switch q.Qtype {
+		case dns.TypeA:
+			m.Answer = []dns.RR{&dns.A{Hdr: hdr, A: AddrFor(name, false).AsSlice()}}
+		case dns.TypeAAAA:
+			m.Answer = []dns.RR{&dns.AAAA{Hdr: hdr, AAAA: AddrFor(name, true).AsSlice()}}
+		case dns.TypeTXT:
+			// Large enough to truncate over plain UDP.
+			var txt []string
+			for i := range 8 {
+				txt = append(txt, fmt.Sprintf("%d-%s", i, strings.Repeat("x", 100)))
+			}
+			m.Answer = []dns.RR{&dns.TXT{Hdr: hdr, Txt: txt}}
+		default:
+			m.Ns = []dns.RR{soa(domain)}
+		}
+	default:
+		m.Rcode = dns.RcodeNameError
+		m.Ns = []dns.RR{soa(".")}
+	}
+}
+
+func soa(zone string) dns.RR {
+	return &dns.SOA{
+		Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: TTL},
+		Ns:  "ns.dns." + strings.TrimPrefix(zone, "."), Mbox: "hostmaster." + strings.TrimPrefix(zone, "."),
+		Serial: 1, Refresh: 7200, Retry: 1800, Expire: 86400, Minttl: TTL,
+	}
+}
+
+func hash(s string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(s))
+	return h.Sum32()
+}
+
+// AddrFor is the address the simulated kube-dns answers for name.
+func AddrFor(name string, v6 bool) netip.Addr {
+	h := hash(strings.ToLower(dns.Fqdn(name)))
+	if v6 {
+		return netip.AddrFrom16([16]byte{0xfd, 0, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, byte(h >> 24), byte(h >> 16), byte(h >> 8), byte(h)})
+	}
+	return netip.AddrFrom4([4]byte{10, 100, byte(h >> 8), byte(h)})
+}

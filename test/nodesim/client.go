@@ -1,0 +1,130 @@
+package nodesim
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Query sends one query for name/qtype from namespace ns to server:53 over
+// proto ("udp" or "tcp") and returns the answer and how long it took.
+func Query(ns, proto string, server netip.Addr, name string, qtype uint16, timeout time.Duration) (*dns.Msg, time.Duration, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qtype)
+	return Exchange(ns, proto, server, m, timeout)
+}
+
+// Exchange sends m from namespace ns to server:53 over proto.
+func Exchange(ns, proto string, server netip.Addr, m *dns.Msg, timeout time.Duration) (*dns.Msg, time.Duration, error) {
+	var conn net.Conn
+	addr := net.JoinHostPort(server.String(), "53")
+	err := InNS(ns, func() error {
+		var err error
+		conn, err = net.DialTimeout(proto, addr, timeout)
+		return err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("dialing %s/%s from %s: %w", addr, proto, ns, err)
+	}
+	c := &dns.Conn{Conn: conn}
+	defer c.Close()
+	start := time.Now()
+	_ = c.SetDeadline(start.Add(timeout))
+	if err := c.WriteMsg(m); err != nil {
+		return nil, 0, err
+	}
+	for {
+		r, err := c.ReadMsg()
+		if err != nil {
+			return nil, time.Since(start), err
+		}
+		if r.Id == m.Id {
+			return r, time.Since(start), nil
+		}
+	}
+}
+
+// Pod returns the pod namespace's Query for convenience.
+func (p *Pod) Query(proto string, server netip.Addr, name string, qtype uint16) (*dns.Msg, time.Duration, error) {
+	return Query(p.NS, proto, server, name, qtype, 2*time.Second)
+}
+
+// ConntrackDNS returns the node's conntrack entries whose original
+// destination is dst port 53, as "proto src:sport -> dst:dport" lines.
+func (n *Node) ConntrackDNS(dst netip.Addr) ([]string, error) {
+	ns, err := netns.GetFromName(n.NS)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	family := netlink.InetFamily(netlink.FAMILY_V4)
+	if dst.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	flows, err := h.ConntrackTableList(netlink.ConntrackTable, family)
+	if err != nil {
+		return nil, fmt.Errorf("listing conntrack in %s: %w", n.NS, err)
+	}
+	var out []string
+	for _, f := range flows {
+		ip, ok := netip.AddrFromSlice(f.Forward.DstIP)
+		if !ok || ip.Unmap() != dst || f.Forward.DstPort != 53 {
+			continue
+		}
+		proto := strconv.Itoa(int(f.Forward.Protocol))
+		switch f.Forward.Protocol {
+		case 6:
+			proto = "tcp"
+		case 17:
+			proto = "udp"
+		}
+		out = append(out, fmt.Sprintf("%s %s -> %s", proto,
+			net.JoinHostPort(f.Forward.SrcIP.String(), strconv.Itoa(int(f.Forward.SrcPort))),
+			net.JoinHostPort(f.Forward.DstIP.String(), strconv.Itoa(int(f.Forward.DstPort)))))
+	}
+	return out, nil
+}
+
+// FlushConntrack deletes every conntrack entry in the node's namespace.
+func (n *Node) FlushConntrack() error {
+	ns, err := netns.GetFromName(n.NS)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return h.ConntrackTableFlush(netlink.ConntrackTable)
+}
+
+// UpstreamQueries returns the queries all kube-dns endpoints answered.
+func (n *Node) UpstreamQueries() int64 {
+	var total int64
+	for _, e := range n.Endpoints {
+		total += e.DNS.Queries()
+	}
+	return total
+}
+
+// UpstreamQueriesFor returns the queries for name all endpoints got.
+func (n *Node) UpstreamQueriesFor(name string) int {
+	total := 0
+	for _, e := range n.Endpoints {
+		total += e.DNS.QueriesFor(name)
+	}
+	return total
+}
