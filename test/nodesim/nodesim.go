@@ -298,3 +298,49 @@ func InNS(ns string, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// Ruleset returns iptables-save and ip6tables-save of the node in the mode
+// kube-proxy's rules were written in.
+func (n *Node) Ruleset(ctx context.Context) (string, error) {
+	v4, err := n.NodeExec(ctx, "iptables-"+n.mode+"-save")
+	if err != nil {
+		return "", err
+	}
+	v6, err := n.NodeExec(ctx, "ip6tables-"+n.mode+"-save")
+	return v4 + v6, err
+}
+
+// Mode is the iptables mode the node's rules are in.
+func (n *Node) Mode() string { return n.mode }
+
+// Addrs returns the addresses on the node's interface dev ("" when the
+// interface does not exist).
+func (n *Node) Addrs(ctx context.Context, dev string) (string, error) {
+	out, err := n.NodeExec(ctx, "ip", "-br", "addr", "show", "dev", dev)
+	if err != nil && strings.Contains(out, "does not exist") {
+		return "", nil
+	}
+	return out, err
+}
+
+// StartAuthDNS runs another simulated kube-dns server on addr (host:port)
+// in namespace ns, for tests that need an upstream on loopback.
+func StartAuthDNS(ns, addr string) (*AuthDNS, error) {
+	var pc net.PacketConn
+	var ln net.Listener
+	err := InNS(ns, func() error {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting DNS server on %s in %s: %w", addr, ns, err)
+	}
+	return newAuthDNS(ClusterDomain, pc, ln), nil
+}
+
+// Shutdown stops the server.
+func (a *AuthDNS) Shutdown() { a.shutdown() }

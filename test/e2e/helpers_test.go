@@ -1,0 +1,166 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/node-local-coredns/node-local-coredns/test/nodesim"
+)
+
+const stopTimeout = 30 * time.Second
+
+// startAgent runs the agent on n with args and waits until it serves. The
+// agent is stopped when t ends.
+func startAgent(t *testing.T, n *nodesim.Node, args ...string) *nodesim.Agent {
+	t.Helper()
+	a, err := n.StartAgent(binary, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := a.Stop(stopTimeout); err != nil {
+			t.Errorf("stopping agent: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.Output())
+		}
+	})
+	if err := a.WaitLog(t.Context(), "msg=serving", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// resolve queries name from pod over proto and checks the answer is the
+// one kube-dns gives.
+func resolve(t *testing.T, pod *nodesim.Pod, proto string, server netip.Addr, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	r, _, err := pod.Query(proto, server, name, qtype)
+	if err != nil {
+		t.Fatalf("%s %s %s from %s to %s: %v", proto, dns.TypeToString[qtype], name, pod.NS, server, err)
+	}
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Fatalf("%s %s %s: got rcode %s with %d answers, want one answer:\n%v", proto, dns.TypeToString[qtype], name, dns.RcodeToString[r.Rcode], len(r.Answer), r)
+	}
+	var got netip.Addr
+	switch rr := r.Answer[0].(type) {
+	case *dns.A:
+		got, _ = netip.AddrFromSlice(rr.A)
+	case *dns.AAAA:
+		got, _ = netip.AddrFromSlice(rr.AAAA)
+	}
+	if want := nodesim.AddrFor(name, qtype == dns.TypeAAAA); got.Unmap() != want {
+		t.Fatalf("%s %s: got %v, want %s", dns.TypeToString[qtype], name, r.Answer[0], want)
+	}
+	return r
+}
+
+// podConntrack returns the node's conntrack entries for DNS from pod to dst.
+func podConntrack(t *testing.T, n *nodesim.Node, pod *nodesim.Pod, dst netip.Addr) []string {
+	t.Helper()
+	all, err := n.ConntrackDNS(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range all {
+		if strings.Contains(e, " "+pod.IP.String()+":") || strings.Contains(e, " ["+pod.IP6.String()+"]:") {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// ruleset returns the node's iptables-save and ip6tables-save output.
+func ruleset(t *testing.T, n *nodesim.Node) string {
+	t.Helper()
+	out, err := n.Ruleset(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// countRules counts the agent's rules (in its chains) in a ruleset dump.
+func countRules(dump string) int {
+	n := 0
+	for _, l := range strings.Split(dump, "\n") {
+		if strings.HasPrefix(l, "-A NLCOREDNS-") {
+			n++
+		}
+	}
+	return n
+}
+
+// eventually polls cond every 100ms until it is true or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < timeout {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not true after %s", what, timeout)
+	return 0
+}
+
+// metric fetches the agent's metrics from the node namespace and returns
+// the value line of name (with labels, if given), or "".
+func metric(t *testing.T, n *nodesim.Node, addr, name string) string {
+	t.Helper()
+	client := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			var c net.Conn
+			err := nodesim.InNS(n.NS, func() error {
+				var err error
+				c, err = (&net.Dialer{}).DialContext(ctx, network, a)
+				return err
+			})
+			return c, err
+		}},
+	}
+	resp, err := client.Get(fmt.Sprintf("http://%s/metrics", addr))
+	if err != nil {
+		t.Fatalf("fetching metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, name+" ") || strings.HasPrefix(l, name+"{") {
+			return l
+		}
+	}
+	return ""
+}
+
+// sameAnswer reports whether two responses carry the same rcode and the
+// same records in the answer and authority sections, TTLs aside (a cached
+// answer ages, and a cache clears the AA bit).
+func sameAnswer(a, b *dns.Msg) bool {
+	records := func(m *dns.Msg) string {
+		var sb strings.Builder
+		sb.WriteString(dns.RcodeToString[m.Rcode])
+		for _, s := range [][]dns.RR{m.Answer, m.Ns} {
+			sb.WriteString("|")
+			for _, rr := range s {
+				rr = dns.Copy(rr)
+				rr.Header().Ttl = 0
+				sb.WriteString(rr.String() + ";")
+			}
+		}
+		return sb.String()
+	}
+	return records(a) == records(b)
+}
