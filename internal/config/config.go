@@ -95,7 +95,8 @@ var ErrHelp = flag.ErrHelp
 // it touches nothing on the node.
 func Parse(args []string, getenv func(string) string, output io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("node-local-coredns", flag.ContinueOnError)
-	fs.SetOutput(output)
+	// Errors are returned as one line; usage is printed for --help only.
+	fs.SetOutput(io.Discard)
 	var (
 		localIPs    = fs.String("local-ip", "", "comma-separated IPs to take over and serve on (default: $"+kubeDNSHostEnv+")")
 		upstreamSvc = fs.String("upstream-svc", DefaultUpstreamService, "Service that receives cache misses, found through $<NAME>_SERVICE_HOST and $<NAME>_SERVICE_PORT_DNS")
@@ -116,6 +117,11 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&c.ReadyAddr, "ready-addr", DefaultReadyAddr, "address of the readiness endpoint")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", DefaultMetricsAddr, "address of the Prometheus metrics endpoint")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(output)
+			fmt.Fprintln(output, "Usage: node-local-coredns [flags]\n       node-local-coredns --version | --plugins\n\nFlags:")
+			fs.PrintDefaults()
+		}
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {

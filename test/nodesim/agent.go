@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -22,7 +23,19 @@ type Agent struct {
 // StartAgent starts binary in the node's namespace with args and the
 // service environment kubelet would give a pod.
 func (n *Node) StartAgent(binary string, args ...string) (*Agent, error) {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS, binary}, args...)...)
+	return n.startAgent(nil, binary, args)
+}
+
+// StartAgentAs is StartAgent as user uid, without any capability.
+func (n *Node) StartAgentAs(uid int, binary string, args ...string) (*Agent, error) {
+	id := strconv.Itoa(uid)
+	return n.startAgent([]string{"setpriv", "--reuid", id, "--regid", id, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}, binary, args)
+}
+
+func (n *Node) startAgent(wrapper []string, binary string, args []string) (*Agent, error) {
+	argv := append([]string{"netns", "exec", n.NS}, wrapper...)
+	argv = append(append(argv, binary), args...)
+	cmd := exec.Command("ip", argv...)
 	cmd.Env = append(os.Environ(), n.ServiceEnv()...)
 	a := &Agent{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout = a.out

@@ -12,18 +12,18 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// Query sends one query for name/qtype from namespace ns to server:53 over
+// Query sends one query for name/qtype from namespace ns to server over
 // proto ("udp" or "tcp") and returns the answer and how long it took.
-func Query(ns, proto string, server netip.Addr, name string, qtype uint16, timeout time.Duration) (*dns.Msg, time.Duration, error) {
+func Query(ns, proto string, server netip.AddrPort, name string, qtype uint16, timeout time.Duration) (*dns.Msg, time.Duration, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), qtype)
 	return Exchange(ns, proto, server, m, timeout)
 }
 
-// Exchange sends m from namespace ns to server:53 over proto.
-func Exchange(ns, proto string, server netip.Addr, m *dns.Msg, timeout time.Duration) (*dns.Msg, time.Duration, error) {
+// Exchange sends m from namespace ns to server over proto.
+func Exchange(ns, proto string, server netip.AddrPort, m *dns.Msg, timeout time.Duration) (*dns.Msg, time.Duration, error) {
 	var conn net.Conn
-	addr := net.JoinHostPort(server.String(), "53")
+	addr := server.String()
 	err := InNS(ns, func() error {
 		var err error
 		conn, err = net.DialTimeout(proto, addr, timeout)
@@ -50,9 +50,9 @@ func Exchange(ns, proto string, server netip.Addr, m *dns.Msg, timeout time.Dura
 	}
 }
 
-// Pod returns the pod namespace's Query for convenience.
+// Query sends one query from the pod to server port 53, with a 2 s timeout.
 func (p *Pod) Query(proto string, server netip.Addr, name string, qtype uint16) (*dns.Msg, time.Duration, error) {
-	return Query(p.NS, proto, server, name, qtype, 2*time.Second)
+	return Query(p.NS, proto, netip.AddrPortFrom(server, 53), name, qtype, 2*time.Second)
 }
 
 // ConntrackDNS returns the node's conntrack entries whose original
