@@ -292,18 +292,3 @@ func splitList(s string) []string {
 	}
 	return out
 }
-
-// HasIPv4 reports whether any local IP is IPv4.
-func (c Config) HasIPv4() bool { return c.hasFamily(true) }
-
-// HasIPv6 reports whether any local IP is IPv6.
-func (c Config) HasIPv6() bool { return c.hasFamily(false) }
-
-func (c Config) hasFamily(v4 bool) bool {
-	for _, ip := range c.LocalIPs {
-		if ip.Is4() == v4 {
-			return true
-		}
-	}
-	return false
-}

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestRunExitCodesAndOutput(t *testing.T) {
+	noEnv := func(string) string { return "" }
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		code       int
+		wantStdout string
+		wantStderr string
+	}{
+		{name: "version", args: []string{"--version"}, code: 0, wantStdout: "node-local-coredns "},
+		{name: "plugins", args: []string{"--plugins"}, code: 0, wantStdout: "forward\n"},
+		{name: "help", args: []string{"--help"}, code: 0, wantStderr: "-local-ip"},
+		{name: "no ClusterIP", args: nil, code: 2, wantStderr: "node-local-coredns: --local-ip: no local IP: the kube-dns ClusterIP is not known (set --local-ip or $KUBE_DNS_SERVICE_HOST)\n"},
+		{name: "bad flag", args: []string{"--port=x"}, code: 2, wantStderr: "node-local-coredns: invalid value \"x\" for flag -port"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			if code := run(tc.args, noEnv, &stdout, &stderr); code != tc.code {
+				t.Errorf("exit code %d, want %d (stderr %q)", code, tc.code, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), tc.wantStdout) {
+				t.Errorf("stdout %q lacks %q", stdout.String(), tc.wantStdout)
+			}
+			if !strings.Contains(stderr.String(), tc.wantStderr) {
+				t.Errorf("stderr %q lacks %q", stderr.String(), tc.wantStderr)
+			}
+			if tc.code == 2 && strings.Count(stderr.String(), "\n") != 1 {
+				t.Errorf("a bad configuration must be one line, got %q", stderr.String())
+			}
+		})
+	}
+}

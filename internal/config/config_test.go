@@ -1,0 +1,194 @@
+package config
+
+import (
+	"errors"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(kv ...string) func(string) string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return func(k string) string { return m[k] }
+}
+
+var podEnv = env(
+	"KUBE_DNS_SERVICE_HOST", "172.27.255.78",
+	"NODE_LOCAL_COREDNS_SERVICE_HOST", "172.27.255.79",
+	"NODE_LOCAL_COREDNS_SERVICE_PORT_DNS", "53",
+)
+
+func TestParseResolvesFromEnvironment(t *testing.T) {
+	tests := []struct {
+		name          string
+		args          []string
+		getenv        func(string) string
+		wantLocal     []string
+		wantUpstreams []string
+	}{
+		{
+			name:          "inside a pod, all defaults",
+			getenv:        podEnv,
+			wantLocal:     []string{"172.27.255.78"},
+			wantUpstreams: []string{"172.27.255.79:53"},
+		},
+		{
+			name:          "named port wins over the first port",
+			getenv:        env("KUBE_DNS_SERVICE_HOST", "10.0.0.10", "NODE_LOCAL_COREDNS_SERVICE_HOST", "10.0.0.11", "NODE_LOCAL_COREDNS_SERVICE_PORT", "1053", "NODE_LOCAL_COREDNS_SERVICE_PORT_DNS", "5353"),
+			wantLocal:     []string{"10.0.0.10"},
+			wantUpstreams: []string{"10.0.0.11:5353"},
+		},
+		{
+			name:          "unnamed port",
+			getenv:        env("KUBE_DNS_SERVICE_HOST", "10.0.0.10", "NODE_LOCAL_COREDNS_SERVICE_HOST", "10.0.0.11", "NODE_LOCAL_COREDNS_SERVICE_PORT", "1053"),
+			wantLocal:     []string{"10.0.0.10"},
+			wantUpstreams: []string{"10.0.0.11:1053"},
+		},
+		{
+			name:          "other upstream service",
+			args:          []string{"--upstream-svc=kube-dns-upstream"},
+			getenv:        env("KUBE_DNS_SERVICE_HOST", "10.0.0.10", "KUBE_DNS_UPSTREAM_SERVICE_HOST", "10.0.0.12"),
+			wantLocal:     []string{"10.0.0.10"},
+			wantUpstreams: []string{"10.0.0.12:53"},
+		},
+		{
+			name:          "flags override the environment, dual-stack, duplicates dropped",
+			args:          []string{"--local-ip", "10.0.0.10, fd00::a,10.0.0.10", "--upstream", "10.0.0.11,[fd00::b]:5353,fd00::c"},
+			getenv:        podEnv,
+			wantLocal:     []string{"10.0.0.10", "fd00::a"},
+			wantUpstreams: []string{"10.0.0.11:53", "[fd00::b]:5353", "[fd00::c]:53"},
+		},
+		{
+			name:          "IPv6 ClusterIP from the environment",
+			getenv:        env("KUBE_DNS_SERVICE_HOST", "fd00:96::a", "NODE_LOCAL_COREDNS_SERVICE_HOST", "fd00:96::b"),
+			wantLocal:     []string{"fd00:96::a"},
+			wantUpstreams: []string{"[fd00:96::b]:53"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse(tc.args, tc.getenv, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var local, ups []string
+			for _, ip := range c.LocalIPs {
+				local = append(local, ip.String())
+			}
+			for _, u := range c.Upstreams {
+				ups = append(ups, u.String())
+			}
+			if !slices.Equal(local, tc.wantLocal) {
+				t.Errorf("local IPs %v, want %v", local, tc.wantLocal)
+			}
+			if !slices.Equal(ups, tc.wantUpstreams) {
+				t.Errorf("upstreams %v, want %v", ups, tc.wantUpstreams)
+			}
+		})
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse(nil, podEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		LocalIPs:        []netip.Addr{netip.MustParseAddr("172.27.255.78")},
+		Upstreams:       []netip.AddrPort{netip.MustParseAddrPort("172.27.255.79:53")},
+		UpstreamService: "node-local-coredns",
+		Interface:       "nodelocaldns",
+		ClusterDomain:   "cluster.local",
+		Port:            53,
+		SyncInterval:    10 * time.Second,
+		ReloadInterval:  5 * time.Second,
+		SetupInterface:  true,
+		SetupNetfilter:  true,
+		IptablesMode:    "auto",
+		HealthAddr:      "127.0.0.1:8080",
+		ReadyAddr:       "127.0.0.1:8181",
+		MetricsAddr:     ":9253",
+	}
+	if !slices.Equal(c.LocalIPs, want.LocalIPs) || !slices.Equal(c.Upstreams, want.Upstreams) {
+		t.Fatalf("addresses: %+v", c)
+	}
+	c.LocalIPs, c.Upstreams, want.LocalIPs, want.Upstreams = nil, nil, nil, nil
+	if !equalConfig(c, want) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+func equalConfig(a, b Config) bool {
+	return a.UpstreamService == b.UpstreamService && a.Interface == b.Interface && a.ClusterDomain == b.ClusterDomain &&
+		a.Port == b.Port && a.CorefilePath == b.CorefilePath && a.SyncInterval == b.SyncInterval &&
+		a.ReloadInterval == b.ReloadInterval && a.SetupInterface == b.SetupInterface && a.SetupNetfilter == b.SetupNetfilter &&
+		a.DivertHostNetwork == b.DivertHostNetwork && a.IptablesMode == b.IptablesMode && a.HealthAddr == b.HealthAddr &&
+		a.ReadyAddr == b.ReadyAddr && a.MetricsAddr == b.MetricsAddr
+}
+
+// Every bad value names the flag to set, and the environment variable where
+// the value would have come from there.
+func TestParseErrorsNameFlagAndEnv(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		getenv   func(string) string
+		wantFlag string
+		wantEnv  string
+	}{
+		{name: "no kube-dns env", getenv: env("NODE_LOCAL_COREDNS_SERVICE_HOST", "10.0.0.11"), wantFlag: "local-ip", wantEnv: "KUBE_DNS_SERVICE_HOST"},
+		{name: "bad kube-dns env", getenv: env("KUBE_DNS_SERVICE_HOST", "kube-dns", "NODE_LOCAL_COREDNS_SERVICE_HOST", "10.0.0.11"), wantFlag: "local-ip", wantEnv: "KUBE_DNS_SERVICE_HOST"},
+		{name: "bad local ip flag", args: []string{"--local-ip=10.0.0.300"}, getenv: podEnv, wantFlag: "local-ip"},
+		{name: "unspecified local ip", args: []string{"--local-ip=0.0.0.0"}, getenv: podEnv, wantFlag: "local-ip"},
+		{name: "no upstream env", getenv: env("KUBE_DNS_SERVICE_HOST", "10.0.0.10"), wantFlag: "upstream", wantEnv: "NODE_LOCAL_COREDNS_SERVICE_HOST"},
+		{name: "bad upstream port env", getenv: env("KUBE_DNS_SERVICE_HOST", "10.0.0.10", "NODE_LOCAL_COREDNS_SERVICE_HOST", "10.0.0.11", "NODE_LOCAL_COREDNS_SERVICE_PORT_DNS", "dns"), wantFlag: "upstream", wantEnv: "NODE_LOCAL_COREDNS_SERVICE_PORT_DNS"},
+		{name: "bad upstream flag", args: []string{"--upstream=kube-dns:53"}, getenv: podEnv, wantFlag: "upstream"},
+		{name: "upstream is a local ip", args: []string{"--upstream=172.27.255.78"}, getenv: podEnv, wantFlag: "upstream"},
+		{name: "port zero", args: []string{"--port=0"}, getenv: podEnv, wantFlag: "port"},
+		{name: "port too large", args: []string{"--port=70000"}, getenv: podEnv, wantFlag: "port"},
+		{name: "interface name too long", args: []string{"--interface=averyveryverylongname"}, getenv: podEnv, wantFlag: "interface"},
+		{name: "empty cluster domain", args: []string{"--cluster-domain=."}, getenv: podEnv, wantFlag: "cluster-domain"},
+		{name: "sync too often", args: []string{"--sync-interval=10ms"}, getenv: podEnv, wantFlag: "sync-interval"},
+		{name: "reload too often", args: []string{"--reload-interval=1s"}, getenv: podEnv, wantFlag: "reload-interval"},
+		{name: "bad iptables mode", args: []string{"--iptables-mode=ipvs"}, getenv: podEnv, wantFlag: "iptables-mode"},
+		{name: "bad metrics address", args: []string{"--metrics-addr=9253"}, getenv: podEnv, wantFlag: "metrics-addr"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(tc.args, tc.getenv, io.Discard)
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("got %v, want a *config.Error", err)
+			}
+			if ce.Flag != tc.wantFlag || ce.Env != tc.wantEnv {
+				t.Errorf("error names --%s/$%s, want --%s/$%s: %v", ce.Flag, ce.Env, tc.wantFlag, tc.wantEnv, err)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, "--"+tc.wantFlag) || (tc.wantEnv != "" && !strings.Contains(msg, "$"+tc.wantEnv)) || strings.Contains(msg, "\n") {
+				t.Errorf("message %q must be one line naming --%s and $%s", msg, tc.wantFlag, tc.wantEnv)
+			}
+		})
+	}
+}
+
+func TestParseUnknownFlagAndHelp(t *testing.T) {
+	if _, err := Parse([]string{"--bogus"}, podEnv, io.Discard); err == nil || !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("unknown flag: %v", err)
+	}
+	var out strings.Builder
+	if _, err := Parse([]string{"--help"}, podEnv, &out); !errors.Is(err, ErrHelp) {
+		t.Errorf("--help: %v", err)
+	}
+	if !strings.Contains(out.String(), "-local-ip") {
+		t.Errorf("--help printed no flags: %q", out.String())
+	}
+	if _, err := Parse([]string{"extra"}, podEnv, io.Discard); err == nil {
+		t.Error("a positional argument was accepted")
+	}
+}
