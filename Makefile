@@ -36,7 +36,7 @@ vet:
 # test runs every test. As root the namespace tests are required: a skipped
 # one fails the run.
 test: deps vet
-	NODESIM_REQUIRED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test -count=1 -timeout 30m ./...
+	NODESIM_REQUIRED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test $(GOTESTFLAGS) -count=1 -timeout 30m ./...
 
 # unit runs the tests that need no root.
 unit:

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -31,6 +32,7 @@ type AuthDNS struct {
 	mu      sync.Mutex
 	byName  map[string]int
 	down    atomic.Bool
+	delay   atomic.Int64 // nanoseconds added before each answer
 }
 
 // newAuthDNS serves on the listeners, which the caller opened inside the
@@ -57,6 +59,10 @@ func (a *AuthDNS) QueriesFor(name string) int {
 	return a.byName[strings.ToLower(dns.Fqdn(name))]
 }
 
+// SetDelay adds d before every answer, standing in for the network between
+// a node and a kube-dns pod on another node (this kernel has no netem).
+func (a *AuthDNS) SetDelay(d time.Duration) { a.delay.Store(int64(d)) }
+
 // SetDown makes the endpoint drop every query (true) or answer again.
 func (a *AuthDNS) SetDown(down bool) { a.down.Store(down) }
 
@@ -70,6 +76,9 @@ func (a *AuthDNS) shutdown() {
 func (a *AuthDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	if a.down.Load() || len(r.Question) != 1 {
 		return
+	}
+	if d := a.delay.Load(); d > 0 {
+		time.Sleep(time.Duration(d))
 	}
 	q := r.Question[0]
 	name := strings.ToLower(q.Name)
