@@ -14,14 +14,20 @@ type Netlink struct{}
 
 var _ Link = Netlink{}
 
+// lookup returns the link called name, or nil when there is none.
+func lookup(name string) (netlink.Link, error) {
+	l, err := netlink.LinkByName(name)
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil, nil
+	}
+	return l, err
+}
+
 // Exists implements Link.
 func (Netlink) Exists(name string) (bool, string, error) {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return false, "", nil
-		}
+	l, err := lookup(name)
+	if err != nil || l == nil {
 		return false, "", err
 	}
 	return true, l.Attrs().Alias, nil
@@ -56,12 +62,8 @@ func (Netlink) Create(name, kind, alias string) error {
 
 // Delete implements Link.
 func (Netlink) Delete(name string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
+	l, err := lookup(name)
+	if err != nil || l == nil {
 		return err
 	}
 	return netlink.LinkDel(l)
@@ -113,12 +115,8 @@ func (Netlink) AddAddr(name string, ip netip.Addr) error {
 
 // DelAddr implements Link.
 func (Netlink) DelAddr(name string, ip netip.Addr) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
+	l, err := lookup(name)
+	if err != nil || l == nil {
 		return err
 	}
 	err = netlink.AddrDel(l, &netlink.Addr{IPNet: hostPrefix(ip)})
