@@ -65,7 +65,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stderr, "node-local-coredns:", err)
 		return 1
 	}
-	if err := agent.New(steps, cfg.SyncInterval, log).Run(ctx); err != nil {
+	if err := agent.New(steps, cfg.SyncInterval, agent.Peers(cfg), log).Run(ctx); err != nil {
 		log.Error("exiting", "error", err)
 		return 1
 	}

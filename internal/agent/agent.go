@@ -27,17 +27,33 @@ type Step interface {
 	Teardown() error
 }
 
+// Shared is implemented by steps whose state other agents on the node use
+// too (the interface and its addresses, the rules): while another agent
+// serves the local IPs, they are left to it.
+type Shared interface {
+	Shared() bool
+}
+
+// Handover is implemented by a step that has something to do before it is
+// torn down while another agent keeps serving (stop taking new queries).
+type Handover interface {
+	Handover() error
+}
+
 // Agent runs Steps.
 type Agent struct {
 	steps        []Step
 	syncInterval time.Duration
 	log          *slog.Logger
+	// peers reports whether another agent serves the local IPs.
+	peers func() (bool, error)
 }
 
 // New returns an Agent that runs steps in order and syncs them every
-// syncInterval.
-func New(steps []Step, syncInterval time.Duration, log *slog.Logger) *Agent {
-	return &Agent{steps: steps, syncInterval: syncInterval, log: log}
+// syncInterval. peers, if not nil, reports whether another agent on the
+// node serves the same local IPs (during a rolling upgrade).
+func New(steps []Step, syncInterval time.Duration, peers func() (bool, error), log *slog.Logger) *Agent {
+	return &Agent{steps: steps, syncInterval: syncInterval, peers: peers, log: log}
 }
 
 // Run sets up every step, keeps them in sync until ctx is done, then tears
@@ -63,7 +79,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			a.log.Info("shutting down", "cause", context.Cause(ctx))
-			return a.teardown(a.steps)
+			return a.shutdown()
 		case <-tick.C:
 			a.sync()
 		}
@@ -82,6 +98,57 @@ func (a *Agent) sync() {
 			a.log.Error("sync failed", "step", s.Name(), "error", err)
 		}
 	}
+}
+
+// othersServing asks peers, treating an error as "no": then the agent
+// cleans up as if it were alone, which never breaks DNS (the rules are
+// gated on a bound socket, and a peer's sync puts them back).
+func (a *Agent) othersServing() bool {
+	if a.peers == nil {
+		return false
+	}
+	ok, err := a.peers()
+	if err != nil {
+		a.log.Error("looking for other agents", "error", err)
+		return false
+	}
+	return ok
+}
+
+// shutdown tears everything down, unless another agent serves the local
+// IPs: then it stops only its own serving and leaves the interface and the
+// rules to that agent, so that the diversion is never removed while an
+// agent serves. It looks again after it stopped serving, so that two agents
+// stopping at once do not both leave everything behind.
+func (a *Agent) shutdown() error {
+	if !a.othersServing() {
+		return a.teardown(a.steps)
+	}
+	a.log.Info("another agent serves the local IPs: handing over to it")
+	var own, shared []Step
+	for _, s := range a.steps {
+		if sh, ok := s.(Shared); ok && sh.Shared() {
+			shared = append(shared, s)
+		} else {
+			own = append(own, s)
+		}
+	}
+	var errs []error
+	for _, s := range own {
+		if h, ok := s.(Handover); ok {
+			if err := h.Handover(); err != nil {
+				errs = append(errs, fmt.Errorf("handing over %s: %w", s.Name(), err))
+			}
+		}
+	}
+	errs = append(errs, a.teardown(own))
+	if a.othersServing() {
+		a.log.Info("left the interface and the rules to the other agent")
+		return errors.Join(errs...)
+	}
+	a.log.Info("the other agent stopped too: cleaning up")
+	errs = append(errs, a.teardown(shared))
+	return errors.Join(errs...)
 }
 
 // teardown tears down steps in reverse order, going on past errors.

@@ -62,7 +62,7 @@ func TestTeardownInReverseOrder(t *testing.T) {
 	rs := steps(&log, &mu, "interface", "server", "rules")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- New(asSteps(rs), time.Hour, discard).Run(ctx) }()
+	go func() { done <- New(asSteps(rs), time.Hour, nil, discard).Run(ctx) }()
 	time.Sleep(10 * time.Millisecond)
 	cancel()
 	if err := <-done; err != nil {
@@ -83,7 +83,7 @@ func TestFailedSetupUndoesEarlierSteps(t *testing.T) {
 	)
 	rs := steps(&log, &mu, "interface", "server", "rules")
 	rs[1].setupErr = errors.New("address in use")
-	err := New(asSteps(rs), time.Hour, discard).Run(context.Background())
+	err := New(asSteps(rs), time.Hour, nil, discard).Run(context.Background())
 	if err == nil || err.Error() != "setting up server: address in use" {
 		t.Errorf("error %v, want the server's, wrapped", err)
 	}
@@ -102,7 +102,7 @@ func TestSyncRunsEveryInterval(t *testing.T) {
 	rs[1].restore = 1
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- New(asSteps(rs), 20*time.Millisecond, discard).Run(ctx) }()
+	go func() { done <- New(asSteps(rs), 20*time.Millisecond, nil, discard).Run(ctx) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		mu.Lock()
@@ -124,5 +124,56 @@ func TestSyncRunsEveryInterval(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// sharedRecorder is a recorder whose state other agents use too.
+type sharedRecorder struct{ *recorder }
+
+func (sharedRecorder) Shared() bool { return true }
+
+// handoverRecorder records Handover calls.
+type handoverRecorder struct{ *recorder }
+
+func (h handoverRecorder) Handover() error { h.record("handover"); return nil }
+
+// While another agent serves the local IPs, a stopping agent stops only its
+// own serving; if the other one is gone by then, it cleans up after all.
+func TestShutdownHandsOverToPeer(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		peers []bool // answers to successive peer checks
+		want  []string
+	}{
+		{"alone", []bool{false}, []string{"teardown rules", "teardown server", "teardown interface"}},
+		{"peer keeps serving", []bool{true, true}, []string{"handover server", "teardown server"}},
+		{"peer stopped meanwhile", []bool{true, false}, []string{"handover server", "teardown server", "teardown rules", "teardown interface"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var (
+				log []string
+				mu  sync.Mutex
+			)
+			rs := steps(&log, &mu, "interface", "server", "rules")
+			s := []Step{sharedRecorder{rs[0]}, handoverRecorder{rs[1]}, sharedRecorder{rs[2]}}
+			calls := 0
+			peers := func() (bool, error) {
+				ok := tc.peers[min(calls, len(tc.peers)-1)]
+				calls++
+				return ok, nil
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error)
+			go func() { done <- New(s, time.Hour, peers, discard).Run(ctx) }()
+			time.Sleep(10 * time.Millisecond)
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			got := slices.DeleteFunc(log, func(s string) bool { return len(s) > 5 && s[:5] == "setup" })
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("calls %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

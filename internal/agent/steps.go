@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/node-local-coredns/node-local-coredns/internal/config"
 	"github.com/node-local-coredns/node-local-coredns/internal/corefile"
@@ -14,6 +16,7 @@ import (
 	"github.com/node-local-coredns/node-local-coredns/internal/netfilter"
 	"github.com/node-local-coredns/node-local-coredns/internal/netif"
 	"github.com/node-local-coredns/node-local-coredns/internal/server"
+	"github.com/node-local-coredns/node-local-coredns/internal/sockets"
 )
 
 // Steps builds the agent's steps for cfg: the interface (if set up), the
@@ -32,7 +35,7 @@ func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, er
 	if cfg.SetupInterface {
 		steps = append(steps, netif.NewManager(netif.Netlink{}, cfg.Interface, cfg.LocalIPs, log))
 	}
-	steps = append(steps, &serverStep{source: source})
+	steps = append(steps, &serverStep{source: source, addrs: ListenAddrs(cfg)})
 	if cfg.SetupNetfilter {
 		mode := cfg.IptablesMode
 		if mode == netfilter.ModeAuto {
@@ -64,8 +67,27 @@ func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, er
 	return steps, nil
 }
 
+// ListenAddrs are the addresses the agent serves DNS on.
+func ListenAddrs(cfg config.Config) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, ip := range cfg.LocalIPs {
+		out = append(out, netip.AddrPortFrom(ip, cfg.Port))
+	}
+	return out
+}
+
+// Peers returns the function that tells whether another agent serves cfg's
+// addresses.
+func Peers(cfg config.Config) func() (bool, error) {
+	addrs := ListenAddrs(cfg)
+	return func() (bool, error) { return sockets.OthersServing(addrs) }
+}
+
 // rulesStep reports the socket-match state after setting up the rules.
 type rulesStep struct{ *netfilter.Manager }
+
+// Shared implements agent.Shared: the rules serve every agent on the node.
+func (r *rulesStep) Shared() bool { return true }
 
 func (r *rulesStep) Setup() error {
 	if err := r.Manager.Setup(); err != nil {
@@ -88,10 +110,26 @@ func (r *rulesStep) Teardown() error {
 	return err
 }
 
+// drainDelay is how long a handing-over agent keeps answering what its
+// sockets have queued after it stopped taking new queries.
+const drainDelay = 200 * time.Millisecond
+
 // serverStep is the embedded CoreDNS as a Step.
 type serverStep struct {
 	source server.Source
+	addrs  []netip.AddrPort
 	srv    *server.Server
+}
+
+// Handover implements agent.Handover: the UDP sockets leave their
+// SO_REUSEPORT groups, so the peer gets every new query, and what is queued
+// is answered before the server stops.
+func (s *serverStep) Handover() error {
+	n, err := sockets.DetachUDP(s.addrs)
+	if n > 0 {
+		time.Sleep(drainDelay)
+	}
+	return err
 }
 
 func (s *serverStep) Name() string { return "server" }

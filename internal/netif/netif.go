@@ -58,6 +58,10 @@ func NewManager(link Link, name string, addrs []netip.Addr, log *slog.Logger) *M
 // Name names the step for logs and metrics.
 func (m *Manager) Name() string { return "interface" }
 
+// Shared implements agent.Shared: the addresses serve every agent on the
+// node.
+func (m *Manager) Shared() bool { return true }
+
 // Created reports whether the agent owns (and will delete) the interface.
 func (m *Manager) Created() bool { return m.created }
 

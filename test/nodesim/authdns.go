@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,19 @@ type AuthDNS struct {
 	byName  map[string]int
 	down    atomic.Bool
 	delay   atomic.Int64 // nanoseconds added before each answer
+	// fromPods holds when each query that came straight from a pod
+	// (through DNAT, not through the agent) arrived.
+	fromPods []time.Time
+}
+
+var podNets = []netip.Prefix{netip.MustParsePrefix(podCIDR), netip.MustParsePrefix(podCIDR6)}
+
+// FromPods returns when queries that came straight from a pod, bypassing
+// the agent, arrived (at most the first million).
+func (a *AuthDNS) FromPods() []time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.fromPods)
 }
 
 // newAuthDNS serves on the listeners, which the caller opened inside the
@@ -83,8 +97,13 @@ func (a *AuthDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	q := r.Question[0]
 	name := strings.ToLower(q.Name)
 	a.queries.Add(1)
+	src, _ := netip.ParseAddrPort(w.RemoteAddr().String())
 	a.mu.Lock()
 	a.byName[name]++
+	if src.Addr() != BridgeIP && src.Addr() != BridgeIP6 && len(a.fromPods) < 1e6 &&
+		(podNets[0].Contains(src.Addr().Unmap()) || podNets[1].Contains(src.Addr())) {
+		a.fromPods = append(a.fromPods, time.Now())
+	}
 	a.mu.Unlock()
 
 	m := new(dns.Msg)

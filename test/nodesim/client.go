@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -127,4 +128,15 @@ func (n *Node) UpstreamQueriesFor(name string) int {
 		total += e.DNS.QueriesFor(name)
 	}
 	return total
+}
+
+// FromPods returns when queries that came straight from pods (through
+// DNAT, bypassing the agent) reached any kube-dns endpoint, in order.
+func (n *Node) FromPods() []time.Time {
+	var out []time.Time
+	for _, e := range n.Endpoints {
+		out = append(out, e.DNS.FromPods()...)
+	}
+	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
+	return out
 }

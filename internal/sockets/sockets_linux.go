@@ -1,0 +1,237 @@
+// Package sockets looks at the DNS sockets bound to the local IPs: whether
+// another agent on the node serves them too (a rolling upgrade), and how to
+// take this process's UDP sockets out of their SO_REUSEPORT group so that a
+// peer gets every new query while this one answers what it has queued.
+package sockets
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Socket is one bound socket from /proc/net/{udp,udp6,tcp,tcp6}.
+type Socket struct {
+	Proto  string // "udp" or "tcp"
+	Local  netip.AddrPort
+	Remote netip.AddrPort
+	State  int
+	Inode  uint64
+}
+
+// TCP listen and UDP unconnected state in /proc/net (TCP_LISTEN, TCP_CLOSE).
+const (
+	stateTCPListen = 0x0a
+	stateUDPIdle   = 0x07
+)
+
+// Serving returns the sockets that serve one of addrs: unconnected UDP and
+// listening TCP sockets bound to exactly that address and port.
+func Serving(addrs []netip.AddrPort) ([]Socket, error) {
+	var out []Socket
+	for _, f := range []struct{ proto, path string }{
+		{"udp", "/proc/net/udp"}, {"udp", "/proc/net/udp6"}, {"tcp", "/proc/net/tcp"}, {"tcp", "/proc/net/tcp6"},
+	} {
+		socks, err := parseFile(f.proto, f.path)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range socks {
+			want := stateUDPIdle
+			if s.Proto == "tcp" {
+				want = stateTCPListen
+			}
+			if s.State != want || s.Remote.Port() != 0 {
+				continue
+			}
+			for _, a := range addrs {
+				if s.Local == a {
+					out = append(out, s)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// OthersServing reports whether a process other than this one serves any
+// of addrs.
+func OthersServing(addrs []netip.AddrPort) (bool, error) {
+	socks, err := Serving(addrs)
+	if err != nil {
+		return false, err
+	}
+	own, err := ownInodes()
+	if err != nil {
+		return false, err
+	}
+	for _, s := range socks {
+		if _, ok := own[s.Inode]; !ok {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// DetachUDP connects this process's unconnected UDP sockets bound to one of
+// addrs to the discard port of loopback. The kernel then stops choosing them
+// for new queries when another socket in the SO_REUSEPORT group is
+// unconnected (a peer agent), while what is already queued is still read and
+// answered. It returns how many sockets it detached.
+func DetachUDP(addrs []netip.AddrPort) (int, error) {
+	own, err := ownInodes()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, fd := range own {
+		typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		if err != nil || typ != unix.SOCK_DGRAM {
+			continue
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			continue
+		}
+		local, ok := addrPort(sa)
+		if !ok || !contains(addrs, local) {
+			continue
+		}
+		var peer unix.Sockaddr = &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}
+		if local.Addr().Is6() {
+			peer = &unix.SockaddrInet6{Port: 9, Addr: netip.IPv6Loopback().As16()}
+		}
+		if err := unix.Connect(fd, peer); err != nil {
+			return n, fmt.Errorf("detaching UDP socket on %s: %w", local, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+func contains(list []netip.AddrPort, a netip.AddrPort) bool {
+	for _, x := range list {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+func addrPort(sa unix.Sockaddr) (netip.AddrPort, bool) {
+	switch v := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(v.Addr), uint16(v.Port)), true
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(v.Addr).Unmap(), uint16(v.Port)), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// ownInodes maps the inode of each socket this process holds to its fd.
+func ownInodes() (map[uint64]int, error) {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil, fmt.Errorf("listing own file descriptors: %w", err)
+	}
+	out := map[uint64]int{}
+	for _, e := range entries {
+		link, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue
+		}
+		ino, ok := strings.CutPrefix(link, "socket:[")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSuffix(ino, "]"), 10, 64)
+		if err != nil {
+			continue
+		}
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		out[n] = fd
+	}
+	return out, nil
+}
+
+func parseFile(proto, path string) ([]Socket, error) {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil, nil // no IPv6 in this kernel
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	defer f.Close()
+	return parse(proto, bufio.NewScanner(f))
+}
+
+// parse reads the table format of /proc/net/{udp,tcp}[6]:
+//
+//	sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+//	0: 0A60000A:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1234 ...
+func parse(proto string, sc *bufio.Scanner) ([]Socket, error) {
+	var out []Socket
+	first := true
+	for sc.Scan() {
+		if first {
+			first = false
+			continue
+		}
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 10 {
+			continue
+		}
+		local, err := parseAddr(fields[1])
+		if err != nil {
+			return nil, err
+		}
+		remote, err := parseAddr(fields[2])
+		if err != nil {
+			return nil, err
+		}
+		st, err := strconv.ParseUint(fields[3], 16, 8)
+		if err != nil {
+			return nil, fmt.Errorf("bad state %q", fields[3])
+		}
+		inode, err := strconv.ParseUint(fields[9], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("bad inode %q", fields[9])
+		}
+		out = append(out, Socket{Proto: proto, Local: local, Remote: remote, State: int(st), Inode: inode})
+	}
+	return out, sc.Err()
+}
+
+// parseAddr parses "0A60000A:0035": the address as 32-bit words in host
+// byte order, then the port in hex.
+func parseAddr(s string) (netip.AddrPort, error) {
+	host, port, ok := strings.Cut(s, ":")
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("bad address %q", s)
+	}
+	raw, err := hex.DecodeString(host)
+	if err != nil || (len(raw) != 4 && len(raw) != 16) {
+		return netip.AddrPort{}, fmt.Errorf("bad address %q", s)
+	}
+	for i := 0; i < len(raw); i += 4 {
+		w := binary.BigEndian.Uint32(raw[i:])
+		binary.NativeEndian.PutUint32(raw[i:], w)
+	}
+	p, err := strconv.ParseUint(port, 16, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad port in %q", s)
+	}
+	ip, _ := netip.AddrFromSlice(raw)
+	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), nil
+}
