@@ -39,7 +39,9 @@ type AuthDNS struct {
 	fromPods []time.Time
 }
 
-var podNets = []netip.Prefix{netip.MustParsePrefix(podCIDR), netip.MustParsePrefix(podCIDR6)}
+// podNets are the node's pod subnets on cbr0 (the node's own addresses,
+// such as the gateways to the endpoints, are elsewhere in the pod CIDR).
+var podNets = []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")}
 
 // FromPods returns when queries that came straight from a pod, bypassing
 // the agent, arrived (at most the first million).

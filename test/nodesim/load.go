@@ -48,6 +48,7 @@ const (
 	ServFail    = "servfail"
 	Refused     = "refused"
 	ConnRefused = "connection refused"
+	ConnReset   = "connection reset"
 	OtherError  = "error"
 )
 
@@ -64,7 +65,9 @@ type Outcome struct {
 // Report holds every outcome of a load run.
 type Report struct {
 	Start, End time.Time
-	Outcomes   []Outcome
+	// Duration is how long queries were sent for.
+	Duration time.Duration
+	Outcomes []Outcome
 }
 
 // Failed returns the outcomes that are not OK.
@@ -98,13 +101,12 @@ func (r *Report) Slowest() time.Duration {
 	return max
 }
 
-// Rate returns the achieved queries per second.
+// Rate returns the queries sent per second.
 func (r *Report) Rate() float64 {
-	d := r.End.Sub(r.Start).Seconds()
-	if d <= 0 {
+	if r.Duration <= 0 {
 		return 0
 	}
-	return float64(len(r.Outcomes)) / d
+	return float64(len(r.Outcomes)) / r.Duration.Seconds()
 }
 
 // Percentile returns the p-th percentile latency of answered queries.
@@ -151,7 +153,7 @@ func (n *Node) Load(ctx context.Context, spec LoadSpec) *Report {
 	defer cancel()
 	var (
 		mu  sync.Mutex
-		rep = &Report{Start: time.Now()}
+		rep = &Report{Start: time.Now(), Duration: spec.Duration}
 		wg  sync.WaitGroup
 	)
 	record := func(o Outcome) {
@@ -321,6 +323,8 @@ func classify(r *dns.Msg, err error) string {
 		return Refused
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return ConnRefused
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return ConnReset
 	case errors.As(err, &ne) && ne.Timeout():
 		return Timeout
 	default:
