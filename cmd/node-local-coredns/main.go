@@ -33,6 +33,9 @@ func main() {
 // run is main without the process: it returns the exit code.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if len(args) > 0 && args[0] == "watchdog" {
+		return runWatchdog(args[1:], getenv, stderr, log)
+	}
 	for _, a := range args {
 		switch strings.TrimLeft(a, "-") {
 		case "version":

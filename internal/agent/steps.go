@@ -37,27 +37,19 @@ func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, er
 	}
 	steps = append(steps, &serverStep{source: source, addrs: ListenAddrs(cfg)})
 	if cfg.SetupNetfilter {
-		mode := cfg.IptablesMode
-		if mode == netfilter.ModeAuto {
-			mode = netfilter.DetectMode(ctx)
+		tables, err := Tables(ctx, cfg.IptablesMode, cfg.LocalIPs, log)
+		if err != nil {
+			return nil, err
 		}
-		tables := map[netfilter.Family]netfilter.Tables{}
-		for _, ip := range cfg.LocalIPs {
-			f := netfilter.FamilyOf(ip)
-			if tables[f] != nil {
-				continue
-			}
-			t, err := netfilter.NewIptables(f, mode)
-			if err != nil {
-				return nil, err
-			}
-			tables[f] = t
+		generic := map[netfilter.Family]netfilter.Tables{}
+		for f, t := range tables {
+			generic[f] = t
 		}
-		log.Info("packet filter", "mode", mode)
-		m, err := netfilter.NewManager(tables, cfg.LocalIPs, netfilter.Options{
+		m, err := netfilter.NewManager(generic, cfg.LocalIPs, netfilter.Options{
 			Port:        cfg.Port,
 			SocketMatch: true,
 			HostNetwork: cfg.DivertHostNetwork,
+			ProbeMark:   cfg.ProbeMark,
 		}, log)
 		if err != nil {
 			return nil, err
@@ -65,6 +57,28 @@ func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, er
 		steps = append(steps, &rulesStep{m})
 	}
 	return steps, nil
+}
+
+// Tables returns the iptables of each family of ips, in mode (auto: the
+// mode that holds the host's rules).
+func Tables(ctx context.Context, mode string, ips []netip.Addr, log *slog.Logger) (map[netfilter.Family]*netfilter.Iptables, error) {
+	if mode == netfilter.ModeAuto {
+		mode = netfilter.DetectMode(ctx)
+	}
+	tables := map[netfilter.Family]*netfilter.Iptables{}
+	for _, ip := range ips {
+		f := netfilter.FamilyOf(ip)
+		if tables[f] != nil {
+			continue
+		}
+		t, err := netfilter.NewIptables(f, mode)
+		if err != nil {
+			return nil, err
+		}
+		tables[f] = t
+	}
+	log.Info("packet filter", "mode", mode)
+	return tables, nil
 }
 
 // ListenAddrs are the addresses the agent serves DNS on.

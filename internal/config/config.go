@@ -25,6 +25,10 @@ const (
 	DefaultReadyAddr       = "127.0.0.1:8181"
 	DefaultMetricsAddr     = ":9253"
 	DefaultReloadInterval  = 5 * time.Second
+	// DefaultProbeMark is the firewall mark on the watchdog's probes. It
+	// avoids the bits kube-proxy (0x4000, 0x8000) and Calico (0xffff0000)
+	// use.
+	DefaultProbeMark = 0x00200000
 
 	// kubeDNSHostEnv holds the kube-dns ClusterIP in every pod.
 	kubeDNSHostEnv = "KUBE_DNS_SERVICE_HOST"
@@ -60,6 +64,8 @@ type Config struct {
 	// DivertHostNetwork also takes host-network clients off conntrack and
 	// DNAT (raw OUTPUT). It is not gated on a bound socket; see docs.
 	DivertHostNetwork bool
+	// ProbeMark is the firewall mark of the watchdog's probes (0: none).
+	ProbeMark uint32
 	// IptablesMode is auto, legacy or nft.
 	IptablesMode string
 	// HealthAddr is where the CoreDNS health plugin listens.
@@ -102,6 +108,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 		upstreamSvc = fs.String("upstream-svc", DefaultUpstreamService, "Service that receives cache misses, found through $<NAME>_SERVICE_HOST and $<NAME>_SERVICE_PORT_DNS")
 		upstreams   = fs.String("upstream", "", "comma-separated host[:port] upstreams; overrides --upstream-svc")
 		port        = fs.Uint("port", DefaultPort, "DNS port to serve on every local IP")
+		probeMark   = fs.Uint("probe-mark", DefaultProbeMark, "firewall mark of the watchdog's probes, let through to the agent even while fenced off (0: none)")
 		c           Config
 	)
 	fs.StringVar(&c.Interface, "interface", DefaultInterface, "interface that holds the local IPs; created as a dummy (or port-less bridge) when absent")
@@ -136,6 +143,10 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 		return Config{}, &Error{Flag: "port", Err: fmt.Errorf("%d is not a port", *port)}
 	}
 	c.Port = uint16(*port)
+	if *probeMark > 0xffffffff {
+		return Config{}, &Error{Flag: "probe-mark", Err: fmt.Errorf("%#x is wider than 32 bits", *probeMark)}
+	}
+	c.ProbeMark = uint32(*probeMark)
 	c.UpstreamService = *upstreamSvc
 	if c.Upstreams, err = resolveUpstreams(*upstreams, *upstreamSvc, getenv); err != nil {
 		return Config{}, err
@@ -144,6 +155,68 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// Watchdog is the configuration of the watchdog command.
+type Watchdog struct {
+	// LocalIPs and Port are the agent's listen addresses.
+	LocalIPs []netip.Addr
+	Port     uint16
+	// Interval between probes, Timeout of one probe, and Silence, how long
+	// the agent may not answer before the node is taken off it.
+	Interval, Timeout, Silence time.Duration
+	// ProbeMark is the firewall mark on probes (must match the agent's).
+	ProbeMark uint32
+	// IptablesMode is auto, legacy or nft.
+	IptablesMode string
+	// MetricsAddr is where the watchdog serves its metrics ("" for none).
+	MetricsAddr string
+}
+
+// ParseWatchdog resolves the watchdog's configuration.
+func ParseWatchdog(args []string, getenv func(string) string, output io.Writer) (Watchdog, error) {
+	fs := flag.NewFlagSet("node-local-coredns watchdog", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		localIPs  = fs.String("local-ip", "", "comma-separated IPs the agent serves (default: $"+kubeDNSHostEnv+")")
+		port      = fs.Uint("port", DefaultPort, "the agent's DNS port")
+		probeMark = fs.Uint("probe-mark", DefaultProbeMark, "firewall mark of the probes; the same as the agent's --probe-mark")
+		w         Watchdog
+	)
+	fs.DurationVar(&w.Interval, "probe-interval", 250*time.Millisecond, "time between probes")
+	fs.DurationVar(&w.Timeout, "probe-timeout", 250*time.Millisecond, "how long one probe waits for its answer")
+	fs.DurationVar(&w.Silence, "silence", time.Second, "how long the agent may not answer before the node is taken off it")
+	fs.StringVar(&w.IptablesMode, "iptables-mode", "auto", "iptables backend: auto, legacy or nft")
+	fs.StringVar(&w.MetricsAddr, "metrics-addr", ":9254", "address of the watchdog's Prometheus metrics (empty: none)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(output)
+			fmt.Fprintln(output, "Usage: node-local-coredns watchdog [flags]\n\nFlags:")
+			fs.PrintDefaults()
+		}
+		return Watchdog{}, err
+	}
+	var err error
+	if w.LocalIPs, err = resolveLocalIPs(*localIPs, getenv); err != nil {
+		return Watchdog{}, err
+	}
+	if *port == 0 || *port > 65535 {
+		return Watchdog{}, &Error{Flag: "port", Err: fmt.Errorf("%d is not a port", *port)}
+	}
+	w.Port = uint16(*port)
+	if *probeMark == 0 || *probeMark > 0xffffffff {
+		return Watchdog{}, &Error{Flag: "probe-mark", Err: fmt.Errorf("%#x is not a 32-bit mark other than 0", *probeMark)}
+	}
+	w.ProbeMark = uint32(*probeMark)
+	if w.Interval < 10*time.Millisecond || w.Timeout <= 0 || w.Silence < w.Interval {
+		return Watchdog{}, &Error{Flag: "silence", Err: fmt.Errorf("need --probe-interval >= 10ms, --probe-timeout > 0 and --silence >= --probe-interval")}
+	}
+	switch w.IptablesMode {
+	case "auto", "legacy", "nft":
+	default:
+		return Watchdog{}, &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", w.IptablesMode)}
+	}
+	return w, nil
 }
 
 func resolveLocalIPs(value string, getenv func(string) string) ([]netip.Addr, error) {

@@ -112,10 +112,16 @@ func (t *Iptables) Replace(table string, chains map[string][][]string, jumps []H
 		fmt.Fprintf(&b, "-I %s 1 %s\n", h.Builtin, quote(h.JumpSpec()))
 	}
 	b.WriteString("COMMIT\n")
+	return t.Restore(b.String())
+}
+
+// Restore applies an iptables-restore payload without flushing anything
+// it does not name, as one transaction.
+func (t *Iptables) Restore(payload string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*lockWait*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, t.restore, "-w", fmt.Sprint(lockWait), "--noflush")
-	cmd.Stdin = strings.NewReader(b.String())
+	cmd.Stdin = strings.NewReader(payload)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {

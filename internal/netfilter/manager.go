@@ -241,16 +241,17 @@ func (m *Manager) Teardown() error {
 	return errors.Join(errs...)
 }
 
-// Remove deletes the agent's jumps and chains from t, whoever installed
-// them: the way to clean up after an agent that cannot.
+// Remove deletes the agent's jumps and chains from t, and the watchdog's
+// fence, whoever installed them: the way to clean up after an agent that
+// cannot.
 func Remove(t Tables) error {
 	var errs []error
-	for _, h := range Hooks {
+	for _, h := range append([]Hook{fenceHook}, Hooks...) {
 		if err := t.DeleteRule(h.Table, h.Builtin, h.JumpSpec()); err != nil {
 			errs = append(errs, fmt.Errorf("deleting jump %s/%s -> %s in %s: %w", h.Table, h.Builtin, h.Chain, t.Mode(), err))
 		}
 	}
-	for _, h := range Hooks {
+	for _, h := range append([]Hook{fenceHook}, Hooks...) {
 		if err := t.DeleteChain(h.Table, h.Chain); err != nil {
 			errs = append(errs, fmt.Errorf("deleting chain %s/%s in %s: %w", h.Table, h.Chain, t.Mode(), err))
 		}

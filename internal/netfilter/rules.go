@@ -75,6 +75,10 @@ type Options struct {
 	// HostNetwork also takes host-network clients' queries off conntrack
 	// (raw OUTPUT). Those rules cannot be gated on the socket.
 	HostNetwork bool
+	// ProbeMark, if not 0, lets UDP queries that carry this firewall mark
+	// (the watchdog's probes) reach the agent from the node itself, even
+	// while the watchdog has fenced the agent off.
+	ProbeMark uint32
 }
 
 // Rules returns the agent's rules for one local IP: TCP and UDP, for
@@ -106,6 +110,10 @@ func Rules(ip netip.Addr, o Options) []Rule {
 			Rule{"raw", "NLCOREDNS-OUTPUT", join(match("-s", "--sport"), comment("answers from"), "-j", "NOTRACK")},
 			Rule{"filter", "NLCOREDNS-OUTPUT", join(match("-s", "--sport"), comment("answers from"), "-j", "ACCEPT")},
 		)
+		if o.ProbeMark != 0 && proto == "udp" {
+			mark := fmt.Sprintf("0x%x/0x%x", o.ProbeMark, o.ProbeMark)
+			out = append(out, Rule{"raw", "NLCOREDNS-OUTPUT", join(match("-d", "--dport"), "-m", "mark", "--mark", mark, comment("watchdog probes to"), "-j", "NOTRACK")})
+		}
 		if o.HostNetwork {
 			out = append(out,
 				Rule{"raw", "NLCOREDNS-OUTPUT", join(match("-d", "--dport"), comment("host queries to"), "-j", "NOTRACK")},

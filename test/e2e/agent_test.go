@@ -94,8 +94,8 @@ func TestStopCleansUpAndRestartTakesOver(t *testing.T) {
 	n := newNode(t, nodesim.Options{})
 	pod := n.Pods[0]
 	a := startAgent(t, n, "--sync-interval=1s")
-	if dump := ruleset(t, n); countRules(dump) != 8 {
-		t.Fatalf("want 8 rules in the agent's chains, got:\n%s", dump)
+	if dump := ruleset(t, n); countRules(dump) != rulesPerIP {
+		t.Fatalf("want %d rules in the agent's chains, got:\n%s", rulesPerIP, dump)
 	}
 	if addrs, _ := n.Addrs(t.Context(), "nodelocaldns"); !strings.Contains(addrs, nodesim.KubeDNS.String()+"/32") {
 		t.Fatalf("nodelocaldns does not hold %s: %q", nodesim.KubeDNS, addrs)
@@ -217,7 +217,7 @@ func TestDualStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := countRules(v6); got != 8 {
-		t.Errorf("ip6tables holds %d of the agent's rules, want 8:\n%s", got, v6)
+	if got := countRules(v6); got != rulesPerIP {
+		t.Errorf("ip6tables holds %d of the agent's rules, want %d:\n%s", got, rulesPerIP, v6)
 	}
 }

@@ -18,6 +18,11 @@ import (
 
 const stopTimeout = 30 * time.Second
 
+// rulesPerIP is the number of rules the agent installs per local IP with
+// the default flags: NOTRACK and ACCEPT for queries and answers, UDP and
+// TCP, and the watchdog's probe rule.
+const rulesPerIP = 9
+
 // startAgent runs the agent on n with args and waits until it serves. The
 // agent is stopped when t ends.
 func startAgent(t *testing.T, n *nodesim.Node, args ...string) *nodesim.Agent {

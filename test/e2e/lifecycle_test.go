@@ -75,8 +75,8 @@ func TestLegacyIptablesNode(t *testing.T) {
 	if !strings.Contains(a.Output(), "mode=legacy") {
 		t.Errorf("agent did not pick legacy mode:\n%s", a.Output())
 	}
-	if got := countRules(ruleset(t, n)); got != 8 {
-		t.Errorf("iptables-legacy holds %d of the agent's rules, want 8", got)
+	if got := countRules(ruleset(t, n)); got != rulesPerIP {
+		t.Errorf("iptables-legacy holds %d of the agent's rules, want %d", got, rulesPerIP)
 	}
 	nft, err := n.NodeExec(t.Context(), "iptables-nft-save")
 	if err != nil {

@@ -226,8 +226,8 @@ func TestScenarioRollingUpgrade(t *testing.T) {
 	if !strings.Contains(old.Output(), "handing over") {
 		t.Errorf("old agent did not hand over:\n%s", old.Output())
 	}
-	if got := countRules(ruleset(t, n)); got != 8 {
-		t.Errorf("after the upgrade %d rules, want 8", got)
+	if got := countRules(ruleset(t, n)); got != rulesPerIP {
+		t.Errorf("after the upgrade %d rules, want %d", got, rulesPerIP)
 	}
 	if next.Exited() {
 		t.Fatal("new agent exited")
