@@ -260,3 +260,95 @@ func TestScenarioRulesFlushed(t *testing.T) {
 	}
 	row(t, "raw table flushed (sync interval 1 s)", rep, back.Round(time.Millisecond).String(), "0 failed, back within the sync interval")
 }
+
+// startWatchdog runs the watchdog on n and waits until it watches.
+func startWatchdog(t *testing.T, n *nodesim.Node, args ...string) *nodesim.Agent {
+	t.Helper()
+	w, err := n.StartAgent(binary, append([]string{"watchdog"}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := w.Stop(stopTimeout); err != nil {
+			t.Errorf("stopping watchdog: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("watchdog log:\n%s", w.Output())
+		}
+	})
+	if err := w.WaitLog(t.Context(), "msg=watching", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// A hung agent (SIGSTOP: its sockets stay bound, so the kernel keeps
+// sending it queries) is fenced off by the watchdog within 2 s and the node
+// is put back on it within 2 s of it answering again (SIGCONT).
+func TestScenarioHungAgentWatchdog(t *testing.T) {
+	n := newNode(t, nodesim.Options{})
+	a := startAgent(t, n, "--sync-interval=1s")
+	w := startWatchdog(t, n)
+	var stopped, resumed time.Time
+	rep := scenario(t, n, 7*time.Second,
+		fault{at: 1500 * time.Millisecond, do: func(t *testing.T) {
+			stopped = time.Now()
+			_ = a.Signal(syscall.SIGSTOP)
+		}},
+		fault{at: 4500 * time.Millisecond, do: func(t *testing.T) {
+			resumed = time.Now()
+			_ = a.Signal(syscall.SIGCONT)
+		}})
+	fromPods := n.FromPods()
+	var off, back time.Time
+	for _, ts := range fromPods {
+		if ts.After(stopped) && off.IsZero() {
+			off = ts
+		}
+		if ts.After(resumed) {
+			back = ts
+		}
+	}
+	if off.IsZero() {
+		t.Fatal("no pod query reached kube-dns while the agent was stopped: the watchdog did not fence it off")
+	}
+	offAfter := off.Sub(stopped)
+	backAfter := time.Duration(0)
+	if !back.IsZero() {
+		backAfter = back.Sub(resumed)
+	}
+	t.Logf("off the agent %s after it stopped, back on it %s after it resumed", offAfter, backAfter)
+	if offAfter > 2*time.Second {
+		t.Errorf("node taken off the silent agent after %s, want within 2 s", offAfter)
+	}
+	if backAfter > 2*time.Second {
+		t.Errorf("node back on the agent %s after it answered again, want within 2 s", backAfter)
+	}
+	for _, o := range rep.Failed() {
+		if o.Start.Before(stopped.Add(-time.Second)) || o.Start.After(off) {
+			t.Errorf("failure outside the silent window: %+v", o)
+		}
+	}
+	if !strings.Contains(w.Output(), "agent silent") || !strings.Contains(w.Output(), "node back on it") {
+		t.Errorf("watchdog did not log the fence and its removal:\n%s", w.Output())
+	}
+	row(t, "hung agent (SIGSTOP for 3 s), watchdog", rep,
+		fmt.Sprintf("off %s after it went silent, back %s after it answered", offAfter.Round(time.Millisecond), backAfter.Round(time.Millisecond)),
+		"off within 2 s, back within 2 s; failures only while silent")
+}
+
+// The watchdog dying changes nothing: no failure, no query leaves the agent.
+func TestScenarioWatchdogKilled(t *testing.T) {
+	n := newNode(t, nodesim.Options{})
+	startAgent(t, n, "--sync-interval=1s")
+	w := startWatchdog(t, n)
+	start := time.Now()
+	rep := scenario(t, n, 3*time.Second, fault{at: 1500 * time.Millisecond, do: func(t *testing.T) { killAgent(t, w) }})
+	if f := rep.Failed(); len(f) != 0 {
+		t.Errorf("%d queries failed when the watchdog died, want 0", len(f))
+	}
+	if bypassed, _ := fromPodsBetween(n, start, time.Now()); bypassed != 0 {
+		t.Errorf("%d pod queries left the agent when the watchdog died, want 0", bypassed)
+	}
+	row(t, "watchdog killed (SIGKILL)", rep, "never left (0 queries bypassed)", "0 failed")
+}
