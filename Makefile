@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/node-local-coredns
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test unit demo deps vet clean
+.PHONY: all build test unit demo deps vet clean reliability
 
 all: build
 
@@ -47,3 +47,8 @@ demo: deps build
 
 clean:
 	rm -rf bin
+
+# reliability runs the fault scenarios under pod load and writes the
+# measured table into docs/reliability.md.
+reliability: deps
+	RELIABILITY_DOC=$(CURDIR)/docs/reliability.md NODESIM_REQUIRED=1 $(GO) test -count=1 -run 'Scenario' -v ./test/e2e

@@ -36,7 +36,14 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
-	return m.Run()
+	code := m.Run()
+	if doc := os.Getenv("RELIABILITY_DOC"); doc != "" && code == 0 {
+		if err := writeReliabilityDoc(doc); err != nil {
+			fmt.Fprintln(os.Stderr, "writing the reliability table:", err)
+			return 1
+		}
+	}
+	return code
 }
 
 // newNode builds a simulated node for t, or skips t (fails it when

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
+	"sync"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,8 +16,8 @@ import (
 
 // The reliability scenarios: a steady pod load of at least 400 queries/s
 // (A+AAAA from one socket, some TCP, hits and misses), one fault at a known
-// time, and the bound each scenario promises. With RELIABILITY_OUT set, each
-// scenario appends its row of the table in docs/reliability.md to that file.
+// time, and the bound each scenario promises. With RELIABILITY_DOC set
+// (make reliability), the measured table is written into that file.
 
 const podRate = 400
 
@@ -47,17 +49,17 @@ func scenario(t *testing.T, n *nodesim.Node, d time.Duration, faults ...fault) *
 	return rep
 }
 
-// row appends a row to the reliability table when RELIABILITY_OUT is set.
+var (
+	rowsMu sync.Mutex
+	rows   []string
+)
+
+// row records the scenario's row of the reliability table; with
+// RELIABILITY_DOC set, TestMain writes the rows into that file.
 func row(t *testing.T, name string, rep *nodesim.Report, back, bound string) {
-	path := os.Getenv("RELIABILITY_OUT")
-	if path == "" {
+	if t.Failed() {
 		return
 	}
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	kinds := []string{}
 	for k, v := range rep.FailuresByKind() {
 		kinds = append(kinds, fmt.Sprintf("%d %s", v, k))
@@ -66,8 +68,34 @@ func row(t *testing.T, name string, rep *nodesim.Report, back, bound string) {
 	if len(kinds) > 0 {
 		failed += " (" + strings.Join(kinds, ", ") + ")"
 	}
-	fmt.Fprintf(f, "| %s | %d | %.0f | %s | %s | %s | %s |\n", name, len(rep.Outcomes), rep.Rate(), failed,
-		rep.Slowest().Round(time.Millisecond), back, bound)
+	rowsMu.Lock()
+	defer rowsMu.Unlock()
+	rows = append(rows, fmt.Sprintf("| %s | %d | %.0f | %s | %s | %s | %s |", name, len(rep.Outcomes), rep.Rate(), failed,
+		rep.Slowest().Round(time.Millisecond), back, bound))
+}
+
+// writeReliabilityDoc replaces the table between the markers in path.
+func writeReliabilityDoc(path string) error {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	const begin, end = "<!-- table -->", "<!-- /table -->"
+	i, j := strings.Index(string(doc), begin), strings.Index(string(doc), end)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s lacks the %s and %s markers", path, begin, end)
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\nMeasured %s on %d CPUs, kernel %s, pod load %d queries/s.\n\n",
+		begin, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), strings.TrimSpace(string(kernel)), podRate)
+	b.WriteString("| scenario | queries | per second | failed | slowest answer | back on the agent | bound asserted |\n|---|---|---|---|---|---|---|\n")
+	rowsMu.Lock()
+	for _, r := range rows {
+		b.WriteString(r + "\n")
+	}
+	rowsMu.Unlock()
+	return os.WriteFile(path, []byte(string(doc[:i])+b.String()+string(doc[j:])), 0o644)
 }
 
 // kill is the window of one SIGKILL: from the signal until the process was
