@@ -75,10 +75,11 @@ func TestDefaultProperties(t *testing.T) {
 		"bind 172.27.255.78\n",
 		"success 9984 30",
 		"denial 9984 5",
-		"serve_stale 1h verify 1s 30s 30s", // RFC 8767: a stale answer's TTL is 30 s, never 0
+		"serve_stale 1h verify 500ms 30s 30s", // RFC 8767: a stale answer's TTL is 30 s, never 0
 		"forward . 172.27.255.79:53 {\n        force_tcp",
+		"read_timeout 900ms\n        max_connect_attempts 2", // SERVFAIL within 2 s
 		".:53 {",
-		"forward . 172.27.255.79:53\n",
+		"forward . 172.27.255.79:53 {\n        read_timeout",
 		"health 127.0.0.1:8080", "ready 127.0.0.1:8181", "prometheus :9253", "loop", "reload 5s", "errors",
 	} {
 		if !strings.Contains(got, want) {

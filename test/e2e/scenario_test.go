@@ -380,3 +380,101 @@ func TestScenarioWatchdogKilled(t *testing.T) {
 	}
 	row(t, "watchdog killed (SIGKILL)", rep, "never left (0 queries bypassed)", "0 failed")
 }
+
+// isMiss reports whether the query was for a name asked once (a cache miss).
+func isMiss(o nodesim.Outcome) bool { return strings.HasPrefix(o.Name, "miss-") }
+
+// Every kube-dns endpoint stops answering for 4.5 s. Cached names keep being
+// answered, also after they expire (serve-stale); uncached names get
+// SERVFAIL in under 2 s rather than a client timeout; the watchdog does not
+// mistake the outage for a hung agent; everything recovers by itself.
+func TestScenarioKubeDNSDown(t *testing.T) {
+	// A 1 s TTL (cached for the cache's 5 s minimum) makes the cached names
+	// expire during the outage.
+	n := newNode(t, nodesim.Options{TTL: 1})
+	startAgent(t, n, "--sync-interval=1s")
+	w := startWatchdog(t, n)
+	spec := loadSpec(9 * time.Second)
+	spec.Timeout = 3 * time.Second // long enough to see SERVFAIL arrive
+	var down, up time.Time
+	done := make(chan *nodesim.Report)
+	go func() { done <- n.Load(context.Background(), spec) }()
+	time.Sleep(1500 * time.Millisecond)
+	down = time.Now()
+	for _, e := range n.Endpoints {
+		e.DNS.SetDown(true)
+	}
+	time.Sleep(4500 * time.Millisecond)
+	up = time.Now()
+	for _, e := range n.Endpoints {
+		e.DNS.SetDown(false)
+	}
+	rep := <-done
+	t.Log(rep.Summary())
+	var servfails int
+	var slowestFail time.Duration
+	for _, o := range rep.Failed() {
+		switch {
+		case !isMiss(o):
+			t.Errorf("a cached name failed during the outage: %+v", o)
+		case o.Kind != nodesim.ServFail:
+			t.Errorf("an uncached name got %s, want SERVFAIL: %+v", o.Kind, o)
+		case o.Latency >= 2*time.Second:
+			t.Errorf("SERVFAIL took %s, want under 2 s", o.Latency)
+		case o.Start.Before(down.Add(-2*time.Second)) || o.Start.After(up):
+			t.Errorf("failure outside the outage: %+v", o)
+		}
+		servfails++
+		slowestFail = max(slowestFail, o.Latency)
+	}
+	if servfails == 0 {
+		t.Error("no uncached name failed: the outage did not happen")
+	}
+	var hitsDuring int
+	for _, o := range rep.Outcomes {
+		if !isMiss(o) && o.Kind == nodesim.OK && o.Start.After(down.Add(4*time.Second)) && o.Start.Before(up) {
+			hitsDuring++
+		}
+	}
+	if hitsDuring == 0 {
+		t.Error("no cached name was answered after it expired during the outage: serve-stale not shown")
+	}
+	if strings.Contains(w.Output(), "agent silent") {
+		t.Errorf("the watchdog fenced the agent off during a kube-dns outage:\n%s", w.Output())
+	}
+	t.Logf("%d SERVFAIL for uncached names (slowest %s); %d cached names answered after they expired", servfails, slowestFail, hitsDuring)
+	row(t, "kube-dns down (all endpoints, 4.5 s)", rep, "n/a (never left)",
+		"cached names 0 failed (served stale); uncached: SERVFAIL under 2 s, no timeout")
+}
+
+// One of two kube-dns endpoints stops answering; kube-proxy drops it 2 s
+// later (readiness). Cached names never fail; uncached names fail only until
+// the forwarder has timed out on the dead endpoint after kube-proxy dropped
+// it.
+func TestScenarioKubeDNSEndpointDown(t *testing.T) {
+	n := newNode(t, nodesim.Options{})
+	startAgent(t, n, "--sync-interval=1s")
+	var down, removed time.Time
+	rep := scenario(t, n, 6*time.Second,
+		fault{at: 1500 * time.Millisecond, do: func(t *testing.T) {
+			down = time.Now()
+			n.Endpoints[0].DNS.SetDown(true)
+		}},
+		fault{at: 3500 * time.Millisecond, do: func(t *testing.T) {
+			if err := n.RemoveEndpoint(t.Context(), 0); err != nil {
+				t.Fatal(err)
+			}
+			removed = time.Now()
+		}})
+	const forwardTimeout = 900 * time.Millisecond
+	for _, o := range rep.Failed() {
+		switch {
+		case !isMiss(o):
+			t.Errorf("a cached name failed: %+v", o)
+		case o.Start.Before(down.Add(-time.Second)) || o.Start.After(removed.Add(forwardTimeout)):
+			t.Errorf("failure outside [endpoint down, dropped by kube-proxy + one forwarder timeout]: %+v (%s after down)", o, o.Start.Sub(down))
+		}
+	}
+	row(t, "one kube-dns endpoint silent, dropped by kube-proxy 2 s later", rep, "n/a (never left)",
+		"cached names 0 failed; uncached fail only until kube-proxy drops it + one forwarder timeout")
+}

@@ -28,6 +28,7 @@ const TTL = 30
 // kube-dns endpoint. It counts the queries it gets.
 type AuthDNS struct {
 	domain  string
+	ttl     uint32
 	servers []*dns.Server
 	queries atomic.Int64
 	mu      sync.Mutex
@@ -53,8 +54,8 @@ func (a *AuthDNS) FromPods() []time.Time {
 
 // newAuthDNS serves on the listeners, which the caller opened inside the
 // endpoint's namespace.
-func newAuthDNS(domain string, pc net.PacketConn, ln net.Listener) *AuthDNS {
-	a := &AuthDNS{domain: dns.Fqdn(domain), byName: map[string]int{}}
+func newAuthDNS(domain string, ttl uint32, pc net.PacketConn, ln net.Listener) *AuthDNS {
+	a := &AuthDNS{domain: dns.Fqdn(domain), ttl: ttl, byName: map[string]int{}}
 	a.servers = []*dns.Server{
 		{PacketConn: pc, Handler: a},
 		{Listener: ln, Handler: a},
@@ -79,7 +80,8 @@ func (a *AuthDNS) QueriesFor(name string) int {
 // a node and a kube-dns pod on another node (this kernel has no netem).
 func (a *AuthDNS) SetDelay(d time.Duration) { a.delay.Store(int64(d)) }
 
-// SetDown makes the endpoint drop every query (true) or answer again.
+// SetDown makes the endpoint drop every query, as a hung or unreachable
+// kube-dns pod does (true), or answer again.
 func (a *AuthDNS) SetDown(down bool) { a.down.Store(down) }
 
 func (a *AuthDNS) shutdown() {
@@ -114,7 +116,7 @@ func (a *AuthDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	if opt := r.IsEdns0(); opt != nil {
 		m.SetEdns0(opt.UDPSize(), false)
 	}
-	answer(m, q, a.domain)
+	answer(m, q, a.domain, a.ttl)
 	if _, isUDP := w.RemoteAddr().(*net.UDPAddr); isUDP {
 		m.Truncate(udpSize(r))
 	}
@@ -128,9 +130,9 @@ func udpSize(r *dns.Msg) int {
 	return dns.MinMsgSize
 }
 
-func answer(m *dns.Msg, q dns.Question, domain string) {
+func answer(m *dns.Msg, q dns.Question, domain string, ttl uint32) {
 	name := strings.ToLower(q.Name)
-	hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: TTL}
+	hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: ttl}
 	inZone := dns.IsSubDomain(domain, name)
 	switch {
 	case strings.HasPrefix(name, "nx-"), inZone && !dns.IsSubDomain("svc."+domain, name) && name != domain:

@@ -34,7 +34,9 @@ func chainName(prefix, what string) string {
 // KubeProxyRules renders the nat and filter rules kube-proxy (iptables mode)
 // would write for Services on this node, for one family, in
 // iptables-restore format.
-func (n *Node) KubeProxyRules(v6 bool) string {
+func (n *Node) KubeProxyRules(v6 bool) string { return n.kubeProxyRules(v6, false) }
+
+func (n *Node) kubeProxyRules(v6, natOnly bool) string {
 	var b strings.Builder
 	podNet, bits := podCIDR, 32
 	if v6 {
@@ -59,7 +61,13 @@ func (n *Node) KubeProxyRules(v6 bool) string {
 			rules = append(rules,
 				fmt.Sprintf(`-A KUBE-SERVICES -d %s/%d -p %s -m comment --comment "%s cluster IP" -m %s --dport 53 -j %s`, ip, bits, proto, spn, proto, svcChain),
 				fmt.Sprintf(`-A %s ! -s %s -d %s/%d -p %s -m comment --comment "%s cluster IP" -m %s --dport 53 -j KUBE-MARK-MASQ`, svcChain, podNet, ip, bits, proto, spn, proto))
+			var live []*Endpoint
 			for i, e := range n.Endpoints {
+				if !n.removed[i] {
+					live = append(live, e)
+				}
+			}
+			for i, e := range live {
 				epIP := e.IP
 				dest := fmt.Sprintf("%s:53", epIP)
 				if v6 {
@@ -68,7 +76,7 @@ func (n *Node) KubeProxyRules(v6 bool) string {
 				}
 				sepChain := chainName("KUBE-SEP-", spn+proto+epIP.String())
 				chains = append(chains, sepChain)
-				left := len(n.Endpoints) - i
+				left := len(live) - i
 				if left > 1 {
 					rules = append(rules, fmt.Sprintf(`-A %s -m comment --comment "%s -> %s" -m statistic --mode random --probability %.11f -j %s`, svcChain, spn, dest, 1/float64(left), sepChain))
 				} else {
@@ -94,6 +102,9 @@ func (n *Node) KubeProxyRules(v6 bool) string {
 		w("%s", r)
 	}
 	w("COMMIT")
+	if natOnly {
+		return b.String()
+	}
 	// filter: kube-proxy's forward chain drops invalid conntrack states,
 	// inserted at the top of FORWARD and INPUT as kube-proxy does.
 	w("*filter")
@@ -112,14 +123,37 @@ func (n *Node) KubeProxyRules(v6 bool) string {
 	return out
 }
 
-func (n *Node) installKubeProxy(ctx context.Context) error {
+// RemoveEndpoint does what kube-proxy does when kube-dns endpoint i stops
+// being ready: it rewrites the Services' nat rules without it (only the nat
+// table) and deletes the UDP conntrack entries that lead to it.
+func (n *Node) RemoveEndpoint(ctx context.Context, i int) error {
+	n.removed[i] = true
+	if err := n.restoreKubeProxy(ctx, true); err != nil {
+		return err
+	}
+	for _, ip := range []netip.Addr{n.Endpoints[i].IP, n.Endpoints[i].IP6} {
+		// "0 flow entries" exits 1: nothing to delete is fine.
+		_, _ = n.NodeExec(ctx, "conntrack", "-D", "-p", "udp", "--reply-src", ip.String())
+	}
+	return nil
+}
+
+// RestoreEndpoint puts endpoint i back into the Services' rules.
+func (n *Node) RestoreEndpoint(ctx context.Context, i int) error {
+	delete(n.removed, i)
+	return n.restoreKubeProxy(ctx, true)
+}
+
+func (n *Node) installKubeProxy(ctx context.Context) error { return n.restoreKubeProxy(ctx, false) }
+
+func (n *Node) restoreKubeProxy(ctx context.Context, natOnly bool) error {
 	for _, v6 := range []bool{false, true} {
 		tool := "iptables-" + n.mode + "-restore"
 		if v6 {
 			tool = "ip6tables-" + n.mode + "-restore"
 		}
 		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS, tool, "-w", "5")
-		cmd.Stdin = strings.NewReader(n.KubeProxyRules(v6))
+		cmd.Stdin = strings.NewReader(n.kubeProxyRules(v6, natOnly))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("installing kube-proxy rules (%s): %w: %s", tool, err, strings.TrimSpace(string(out)))
 		}

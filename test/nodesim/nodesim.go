@@ -51,6 +51,8 @@ type Options struct {
 	// IptablesMode is the mode kube-proxy's rules are written in: "nft"
 	// (default) or "legacy".
 	IptablesMode string
+	// TTL of kube-dns's answers (default 30).
+	TTL uint32
 }
 
 // Node is a simulated node.
@@ -61,6 +63,8 @@ type Node struct {
 	Endpoints []*Endpoint
 	mode      string
 	created   []string
+	// removed marks endpoints kube-proxy no longer sends traffic to.
+	removed map[int]bool
 }
 
 // Pod is a pod namespace on cbr0.
@@ -108,7 +112,10 @@ func New(ctx context.Context, o Options) (n *Node, err error) {
 	if o.IptablesMode == "" {
 		o.IptablesMode = "nft"
 	}
-	n = &Node{Prefix: o.Prefix, NS: o.Prefix + "-node", mode: o.IptablesMode}
+	if o.TTL == 0 {
+		o.TTL = TTL
+	}
+	n = &Node{Prefix: o.Prefix, NS: o.Prefix + "-node", mode: o.IptablesMode, removed: map[int]bool{}}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, n.Close())
@@ -205,7 +212,7 @@ func New(ctx context.Context, o Options) (n *Node, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("starting kube-dns endpoint in %s: %w", e.NS, err)
 		}
-		e.DNS = newAuthDNS(ClusterDomain, pc, ln)
+		e.DNS = newAuthDNS(ClusterDomain, o.TTL, pc, ln)
 		n.Endpoints = append(n.Endpoints, e)
 	}
 	if err := n.installKubeProxy(ctx); err != nil {
@@ -339,7 +346,7 @@ func StartAuthDNS(ns, addr string) (*AuthDNS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting DNS server on %s in %s: %w", addr, ns, err)
 	}
-	return newAuthDNS(ClusterDomain, pc, ln), nil
+	return newAuthDNS(ClusterDomain, TTL, pc, ln), nil
 }
 
 // Shutdown stops the server.
