@@ -182,6 +182,7 @@ func CorefileSource(cfg config.Config, log *slog.Logger) server.Source {
 		ReadyAddr:      cfg.ReadyAddr,
 		MetricsAddr:    cfg.MetricsAddr,
 		ReloadInterval: cfg.ReloadInterval,
+		ServeStale:     cfg.ServeStale,
 	}
 	var (
 		mu      sync.Mutex

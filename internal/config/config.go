@@ -25,6 +25,7 @@ const (
 	DefaultReadyAddr       = "127.0.0.1:8181"
 	DefaultMetricsAddr     = ":9253"
 	DefaultReloadInterval  = 5 * time.Second
+	DefaultServeStale      = time.Hour
 	// DefaultProbeMark is the firewall mark on the watchdog's probes. It
 	// avoids the bits kube-proxy (0x4000, 0x8000) and Calico (0xffff0000)
 	// use.
@@ -57,6 +58,9 @@ type Config struct {
 	SyncInterval time.Duration
 	// ReloadInterval is how often the Corefile template is checked for changes.
 	ReloadInterval time.Duration
+	// ServeStale is how long expired cache entries are served while
+	// kube-dns does not answer (RFC 8767).
+	ServeStale time.Duration
 	// SetupInterface adds the local IPs to Interface (and creates it).
 	SetupInterface bool
 	// SetupNetfilter installs the NOTRACK/ACCEPT rules.
@@ -116,6 +120,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&c.CorefilePath, "corefile", "", "Corefile template file (default: built in)")
 	fs.DurationVar(&c.SyncInterval, "sync-interval", DefaultSyncInterval, "how often addresses and rules are checked and repaired")
 	fs.DurationVar(&c.ReloadInterval, "reload-interval", DefaultReloadInterval, "how often the Corefile template is checked for changes (rendered into the reload plugin)")
+	fs.DurationVar(&c.ServeStale, "serve-stale", DefaultServeStale, "how long expired cache entries are served while kube-dns does not answer (0: never)")
 	fs.BoolVar(&c.SetupInterface, "setup-interface", true, "add the local IPs to --interface")
 	fs.BoolVar(&c.SetupNetfilter, "setup-netfilter", true, "install the NOTRACK and ACCEPT rules")
 	fs.BoolVar(&c.DivertHostNetwork, "divert-host-network", false, "also take host-network clients off conntrack (not gated on a bound socket)")
@@ -341,6 +346,9 @@ func (c *Config) validate() error {
 	case "auto", "legacy", "nft":
 	default:
 		return &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", c.IptablesMode)}
+	}
+	if c.ServeStale < 0 || c.ServeStale%time.Second != 0 {
+		return &Error{Flag: "serve-stale", Err: fmt.Errorf("%s is not a whole number of seconds, 0 or more", c.ServeStale)}
 	}
 	if c.SyncInterval < time.Second {
 		return &Error{Flag: "sync-interval", Err: fmt.Errorf("%s is shorter than 1s", c.SyncInterval)}

@@ -114,6 +114,8 @@ func TestParseDefaults(t *testing.T) {
 		HealthAddr:      "127.0.0.1:8080",
 		ReadyAddr:       "127.0.0.1:8181",
 		MetricsAddr:     ":9253",
+		ServeStale:      time.Hour,
+		ProbeMark:       0x200000,
 	}
 	if !slices.Equal(c.LocalIPs, want.LocalIPs) || !slices.Equal(c.Upstreams, want.Upstreams) {
 		t.Fatalf("addresses: %+v", c)
@@ -129,7 +131,7 @@ func equalConfig(a, b Config) bool {
 		a.Port == b.Port && a.CorefilePath == b.CorefilePath && a.SyncInterval == b.SyncInterval &&
 		a.ReloadInterval == b.ReloadInterval && a.SetupInterface == b.SetupInterface && a.SetupNetfilter == b.SetupNetfilter &&
 		a.DivertHostNetwork == b.DivertHostNetwork && a.IptablesMode == b.IptablesMode && a.HealthAddr == b.HealthAddr &&
-		a.ReadyAddr == b.ReadyAddr && a.MetricsAddr == b.MetricsAddr
+		a.ReadyAddr == b.ReadyAddr && a.MetricsAddr == b.MetricsAddr && a.ServeStale == b.ServeStale && a.ProbeMark == b.ProbeMark
 }
 
 // Every bad value names the flag to set, and the environment variable where
@@ -157,6 +159,8 @@ func TestParseErrorsNameFlagAndEnv(t *testing.T) {
 		{name: "sync too often", args: []string{"--sync-interval=10ms"}, getenv: podEnv, wantFlag: "sync-interval"},
 		{name: "reload too often", args: []string{"--reload-interval=1s"}, getenv: podEnv, wantFlag: "reload-interval"},
 		{name: "bad iptables mode", args: []string{"--iptables-mode=ipvs"}, getenv: podEnv, wantFlag: "iptables-mode"},
+		{name: "negative serve-stale", args: []string{"--serve-stale=-1s"}, getenv: podEnv, wantFlag: "serve-stale"},
+		{name: "fractional serve-stale", args: []string{"--serve-stale=1.5s"}, getenv: podEnv, wantFlag: "serve-stale"},
 		{name: "bad metrics address", args: []string{"--metrics-addr=9253"}, getenv: podEnv, wantFlag: "metrics-addr"},
 	}
 	for _, tc := range tests {

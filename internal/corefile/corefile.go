@@ -34,6 +34,9 @@ type Values struct {
 	HealthAddr, ReadyAddr, MetricsAddr string
 	// ReloadInterval is how often the reload plugin checks for a change.
 	ReloadInterval time.Duration
+	// ServeStale is how long expired entries are served while the upstream
+	// does not answer; 0 disables serve-stale.
+	ServeStale time.Duration
 }
 
 var funcs = template.FuncMap{

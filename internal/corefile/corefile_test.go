@@ -22,6 +22,7 @@ func values() Values {
 		ReadyAddr:      "127.0.0.1:8181",
 		MetricsAddr:    ":9253",
 		ReloadInterval: 5 * time.Second,
+		ServeStale:     time.Hour,
 	}
 }
 
@@ -34,6 +35,7 @@ func TestRenderDefaultGolden(t *testing.T) {
 	custom.Port = 5353
 	custom.MetricsAddr = "127.0.0.1:19253"
 	custom.ReloadInterval = time.Minute
+	custom.ServeStale = 0
 	for _, tc := range []struct {
 		golden string
 		v      Values
@@ -75,7 +77,7 @@ func TestDefaultProperties(t *testing.T) {
 		"bind 172.27.255.78\n",
 		"success 9984 30",
 		"denial 9984 5",
-		"serve_stale 1h verify 500ms 30s 30s", // RFC 8767: a stale answer's TTL is 30 s, never 0
+		"serve_stale 1h0m0s verify 500ms 30s 30s", // RFC 8767: a stale answer's TTL is 30 s, never 0
 		"forward . 172.27.255.79:53 {\n        force_tcp",
 		"read_timeout 900ms\n        max_connect_attempts 2", // SERVFAIL within 2 s
 		".:53 {",
