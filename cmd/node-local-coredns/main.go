@@ -33,8 +33,13 @@ func main() {
 // run is main without the process: it returns the exit code.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	if len(args) > 0 && args[0] == "watchdog" {
-		return runWatchdog(args[1:], getenv, stderr, log)
+	if len(args) > 0 {
+		switch args[0] {
+		case "watchdog":
+			return runWatchdog(args[1:], getenv, stderr, log)
+		case "status":
+			return runStatus(args[1:], getenv, stdout, stderr)
+		}
 	}
 	for _, a := range args {
 		switch strings.TrimLeft(a, "-") {

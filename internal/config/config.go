@@ -224,6 +224,69 @@ func ParseWatchdog(args []string, getenv func(string) string, output io.Writer) 
 	return w, nil
 }
 
+// Status is the configuration of the status command.
+type Status struct {
+	LocalIPs  []netip.Addr
+	Port      uint16
+	Upstreams []netip.AddrPort
+	// ProbeMark must match the agent's --probe-mark.
+	ProbeMark uint32
+	// DivertHostNetwork must match the agent's flag (it changes the rules).
+	DivertHostNetwork bool
+	IptablesMode      string
+	// MetricsAddr is the agent's metrics endpoint, for cache figures.
+	MetricsAddr string
+	Timeout     time.Duration
+}
+
+// ParseStatus resolves the status command's configuration; its defaults
+// are the agent's, from the same environment.
+func ParseStatus(args []string, getenv func(string) string, output io.Writer) (Status, error) {
+	fs := flag.NewFlagSet("node-local-coredns status", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		localIPs    = fs.String("local-ip", "", "comma-separated IPs the agent serves (default: $"+kubeDNSHostEnv+")")
+		port        = fs.Uint("port", DefaultPort, "the agent's DNS port")
+		upstreamSvc = fs.String("upstream-svc", DefaultUpstreamService, "Service that receives cache misses")
+		upstreams   = fs.String("upstream", "", "comma-separated host[:port] upstreams; overrides --upstream-svc")
+		probeMark   = fs.Uint("probe-mark", DefaultProbeMark, "the agent's --probe-mark")
+		s           Status
+	)
+	fs.BoolVar(&s.DivertHostNetwork, "divert-host-network", false, "the agent's --divert-host-network")
+	fs.StringVar(&s.IptablesMode, "iptables-mode", "auto", "iptables backend: auto, legacy or nft")
+	fs.StringVar(&s.MetricsAddr, "metrics-addr", DefaultMetricsAddr, "the agent's --metrics-addr")
+	fs.DurationVar(&s.Timeout, "timeout", time.Second, "how long each probe waits")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(output)
+			fmt.Fprintln(output, "Usage: node-local-coredns status [flags]\n\nReports whether this node's DNS is served by the agent; exit code 0 only if it is.\n\nFlags:")
+			fs.PrintDefaults()
+		}
+		return Status{}, err
+	}
+	var err error
+	if s.LocalIPs, err = resolveLocalIPs(*localIPs, getenv); err != nil {
+		return Status{}, err
+	}
+	if *port == 0 || *port > 65535 {
+		return Status{}, &Error{Flag: "port", Err: fmt.Errorf("%d is not a port", *port)}
+	}
+	s.Port = uint16(*port)
+	if s.Upstreams, err = resolveUpstreams(*upstreams, *upstreamSvc, getenv); err != nil {
+		return Status{}, err
+	}
+	if *probeMark > 0xffffffff {
+		return Status{}, &Error{Flag: "probe-mark", Err: fmt.Errorf("%#x is wider than 32 bits", *probeMark)}
+	}
+	s.ProbeMark = uint32(*probeMark)
+	switch s.IptablesMode {
+	case "auto", "legacy", "nft":
+	default:
+		return Status{}, &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", s.IptablesMode)}
+	}
+	return s, nil
+}
+
 func resolveLocalIPs(value string, getenv func(string) string) ([]netip.Addr, error) {
 	env := ""
 	if value == "" {

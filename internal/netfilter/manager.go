@@ -231,6 +231,29 @@ func (m *Manager) inSync(t Tables, table string, chains map[string][][]string) (
 	return true, nil
 }
 
+// Installed reports whether every chain, rule and jump is in place, with
+// or without the socket match (a kernel without it gets ungated rules), and
+// whether they are gated on the socket.
+func (m *Manager) Installed() (ok, gated bool, err error) {
+	for _, socket := range []bool{true, false} {
+		m.socketFallback = !socket
+		all := true
+		for _, f := range m.families() {
+			for table, chains := range m.desired(f) {
+				in, err := m.inSync(m.tables[f], table, chains)
+				if err != nil {
+					return false, false, err
+				}
+				all = all && in
+			}
+		}
+		if all {
+			return true, socket, nil
+		}
+	}
+	return false, false, nil
+}
+
 // Teardown removes the jumps, then the agent's chains, for every family
 // in use. Things already gone are not errors.
 func (m *Manager) Teardown() error {

@@ -1,0 +1,295 @@
+// Package status answers the operator's question "is this node's DNS
+// really served by node-local-coredns?": for each local IP, whether the
+// address, the rules and a bound socket are there, whether the agent
+// answers, and how much DNS conntrack still sees; then the upstream and the
+// cache.
+package status
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/agent"
+	"github.com/node-local-coredns/node-local-coredns/internal/config"
+	"github.com/node-local-coredns/node-local-coredns/internal/netfilter"
+	"github.com/node-local-coredns/node-local-coredns/internal/sockets"
+	"github.com/node-local-coredns/node-local-coredns/internal/watchdog"
+)
+
+// IP is the state of one local IP.
+type IP struct {
+	Addr       netip.Addr
+	Interface  string // "" when the address is on no interface
+	Rules      bool
+	Gated      bool // rules gated on a bound socket
+	Backend    string
+	UDPSockets int
+	TCPSockets int
+	// Answered is true when the agent itself answered the probe.
+	Answered bool
+	Latency  time.Duration
+	ProbeErr string
+	// Conntrack counts DNS entries to the IP: zero while pods are served
+	// by the agent.
+	Conntrack int
+}
+
+// Served reports whether the agent really serves this IP.
+func (ip IP) Served() bool {
+	return ip.Interface != "" && ip.Rules && ip.UDPSockets > 0 && ip.Answered
+}
+
+// Report is the whole status.
+type Report struct {
+	IPs             []IP
+	Upstreams       []netip.AddrPort
+	UpstreamAnswers bool
+	UpstreamLatency time.Duration
+	CacheEntries    float64
+	CacheHitRatio   float64
+	CacheKnown      bool
+	MetricsErr      string
+	RulesErr        string
+}
+
+// Served reports whether every local IP is served by the agent.
+func (r Report) Served() bool {
+	for _, ip := range r.IPs {
+		if !ip.Served() {
+			return false
+		}
+	}
+	return len(r.IPs) > 0
+}
+
+// Check gathers the status in the calling process's network namespace.
+func Check(ctx context.Context, cfg config.Status) Report {
+	r := Report{Upstreams: cfg.Upstreams}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var rulesOK, gated bool
+	backend := ""
+	tables, err := agent.Tables(ctx, cfg.IptablesMode, cfg.LocalIPs, quiet)
+	if err == nil {
+		generic := map[netfilter.Family]netfilter.Tables{}
+		for f, t := range tables {
+			generic[f] = t
+			backend = t.Mode()
+		}
+		var m *netfilter.Manager
+		m, err = netfilter.NewManager(generic, cfg.LocalIPs, netfilter.Options{
+			Port: cfg.Port, SocketMatch: true, HostNetwork: cfg.DivertHostNetwork, ProbeMark: cfg.ProbeMark,
+		}, quiet)
+		if err == nil {
+			rulesOK, gated, err = m.Installed()
+		}
+	}
+	if err != nil {
+		r.RulesErr = err.Error()
+	}
+	for _, ip := range cfg.LocalIPs {
+		s := IP{Addr: ip, Rules: rulesOK, Gated: gated, Backend: backend}
+		s.Interface = interfaceOf(ip)
+		if socks, err := sockets.Serving([]netip.AddrPort{netip.AddrPortFrom(ip, cfg.Port)}); err == nil {
+			for _, so := range socks {
+				if so.Proto == "udp" {
+					s.UDPSockets++
+				} else {
+					s.TCPSockets++
+				}
+			}
+		}
+		s.Answered, s.Latency, s.ProbeErr = probe(ctx, netip.AddrPortFrom(ip, cfg.Port), cfg.ProbeMark, cfg.Timeout)
+		s.Conntrack = conntrackDNS(ip, cfg.Port)
+		r.IPs = append(r.IPs, s)
+	}
+	for _, up := range cfg.Upstreams {
+		start := time.Now()
+		m := new(dns.Msg)
+		m.SetQuestion(".", dns.TypeNS)
+		c := &dns.Client{Net: "tcp", Timeout: cfg.Timeout}
+		if _, _, err := c.ExchangeContext(ctx, m, up.String()); err == nil {
+			r.UpstreamAnswers = true
+			r.UpstreamLatency = time.Since(start)
+			break
+		}
+	}
+	r.CacheEntries, r.CacheHitRatio, err = cacheStats(ctx, cfg.MetricsAddr, cfg.Timeout)
+	if err != nil {
+		r.MetricsErr = err.Error()
+	} else {
+		r.CacheKnown = true
+	}
+	return r
+}
+
+func interfaceOf(ip netip.Addr) string {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return ""
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+			if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
+				return l.Attrs().Name
+			}
+		}
+	}
+	return ""
+}
+
+// probe asks the watchdog's probe name with the probe mark: the agent
+// answers it itself (NOERROR); anything else (kube-dns through DNAT answers
+// NXDOMAIN) means the agent did not.
+func probe(ctx context.Context, addr netip.AddrPort, mark uint32, timeout time.Duration) (bool, time.Duration, string) {
+	d := net.Dialer{Timeout: timeout, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if mark != 0 {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	conn, err := d.DialContext(ctx, "udp", addr.String())
+	if err != nil {
+		return false, 0, err.Error()
+	}
+	defer conn.Close()
+	c := &dns.Conn{Conn: conn}
+	m := new(dns.Msg)
+	m.SetQuestion(watchdog.ProbeName, dns.TypeA)
+	start := time.Now()
+	_ = c.SetDeadline(start.Add(timeout))
+	if err := c.WriteMsg(m); err != nil {
+		return false, 0, err.Error()
+	}
+	r, err := c.ReadMsg()
+	rtt := time.Since(start)
+	switch {
+	case err != nil:
+		return false, 0, err.Error()
+	case r.Rcode != dns.RcodeSuccess:
+		return false, rtt, "answered " + dns.RcodeToString[r.Rcode] + " by something else (kube-dns through DNAT?)"
+	}
+	return true, rtt, ""
+}
+
+func conntrackDNS(ip netip.Addr, port uint16) int {
+	family := netlink.InetFamily(unix.AF_INET)
+	if ip.Is6() {
+		family = unix.AF_INET6
+	}
+	flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, family)
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, f := range flows {
+		if dst, ok := netip.AddrFromSlice(f.Forward.DstIP); ok && dst.Unmap() == ip && f.Forward.DstPort == port {
+			n++
+		}
+	}
+	return n
+}
+
+// cacheStats reads the cache plugin's metrics from the agent.
+func cacheStats(ctx context.Context, addr string, timeout time.Duration) (entries, hitRatio float64, err error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/metrics", nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading the agent's metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, 0, fmt.Errorf("parsing the agent's metrics: %w", err)
+	}
+	sum := func(name string) float64 {
+		var total float64
+		if mf, ok := families[name]; ok {
+			for _, m := range mf.GetMetric() {
+				total += value(m)
+			}
+		}
+		return total
+	}
+	entries = sum("coredns_cache_entries")
+	hits, misses := sum("coredns_cache_hits_total"), sum("coredns_cache_misses_total")
+	if hits+misses > 0 {
+		hitRatio = hits / (hits + misses)
+	}
+	return entries, hitRatio, nil
+}
+
+func value(m *dto.Metric) float64 {
+	switch {
+	case m.GetCounter() != nil:
+		return m.GetCounter().GetValue()
+	case m.GetGauge() != nil:
+		return m.GetGauge().GetValue()
+	}
+	return 0
+}
+
+// Write prints the report for a person.
+func (r Report) Write(w io.Writer) {
+	yes := func(b bool, y, n string) string {
+		if b {
+			return y
+		}
+		return n
+	}
+	for _, ip := range r.IPs {
+		fmt.Fprintf(w, "%s: %s\n", ip.Addr, yes(ip.Served(), "served by node-local-coredns", "NOT served by node-local-coredns (pods go to kube-dns through DNAT)"))
+		fmt.Fprintf(w, "  address    %s\n", yes(ip.Interface != "", "present on "+ip.Interface, "missing"))
+		rules := "missing"
+		if ip.Rules {
+			rules = "in place (" + ip.Backend + "), " + yes(ip.Gated, "gated on a bound socket", "NOT gated on a socket (kernel lacks the socket match)")
+		} else if r.RulesErr != "" {
+			rules = "unknown: " + r.RulesErr
+		}
+		fmt.Fprintf(w, "  rules      %s\n", rules)
+		fmt.Fprintf(w, "  socket     %s\n", yes(ip.UDPSockets > 0, fmt.Sprintf("bound (%d udp, %d tcp)", ip.UDPSockets, ip.TCPSockets), "none bound"))
+		fmt.Fprintf(w, "  probe      %s\n", yes(ip.Answered, "answered by the agent in "+ip.Latency.Round(time.Microsecond).String(), "not answered by the agent: "+ip.ProbeErr))
+		fmt.Fprintf(w, "  conntrack  %d entries for DNS to %s\n", ip.Conntrack, ip.Addr)
+	}
+	var ups []string
+	for _, u := range r.Upstreams {
+		ups = append(ups, u.String())
+	}
+	fmt.Fprintf(w, "upstream   %s: %s\n", strings.Join(ups, ", "), yes(r.UpstreamAnswers, "answers in "+r.UpstreamLatency.Round(time.Microsecond).String(), "does not answer"))
+	if r.CacheKnown {
+		fmt.Fprintf(w, "cache      %.0f entries, hit ratio %.1f%%\n", r.CacheEntries, 100*r.CacheHitRatio)
+	} else {
+		fmt.Fprintf(w, "cache      unknown: %s\n", r.MetricsErr)
+	}
+}
