@@ -174,15 +174,17 @@ func (s *serverStep) Teardown() error {
 // distinct content and counted in a metric.
 func CorefileSource(cfg config.Config, log *slog.Logger) server.Source {
 	values := corefile.Values{
-		LocalIPs:       cfg.LocalIPs,
-		Upstreams:      cfg.Upstreams,
-		ClusterDomain:  cfg.ClusterDomain,
-		Port:           cfg.Port,
-		HealthAddr:     cfg.HealthAddr,
-		ReadyAddr:      cfg.ReadyAddr,
-		MetricsAddr:    cfg.MetricsAddr,
-		ReloadInterval: cfg.ReloadInterval,
-		ServeStale:     cfg.ServeStale,
+		LocalIPs:        cfg.LocalIPs,
+		Upstreams:       cfg.Upstreams,
+		ClusterDomain:   cfg.ClusterDomain,
+		Port:            cfg.Port,
+		HealthAddr:      cfg.HealthAddr,
+		ReadyAddr:       cfg.ReadyAddr,
+		MetricsAddr:     cfg.MetricsAddr,
+		ReloadInterval:  cfg.ReloadInterval,
+		ServeStale:      cfg.ServeStale,
+		SuccessCapacity: cfg.SuccessCapacity,
+		DenialCapacity:  cfg.DenialCapacity,
 	}
 	var (
 		mu      sync.Mutex

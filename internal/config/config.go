@@ -26,6 +26,7 @@ const (
 	DefaultMetricsAddr     = ":9253"
 	DefaultReloadInterval  = 5 * time.Second
 	DefaultServeStale      = time.Hour
+	DefaultCacheCapacity   = 9984
 	// DefaultProbeMark is the firewall mark on the watchdog's probes. It
 	// avoids the bits kube-proxy (0x4000, 0x8000) and Calico (0xffff0000)
 	// use.
@@ -58,6 +59,8 @@ type Config struct {
 	SyncInterval time.Duration
 	// ReloadInterval is how often the Corefile template is checked for changes.
 	ReloadInterval time.Duration
+	// SuccessCapacity and DenialCapacity size the built-in Corefile's caches.
+	SuccessCapacity, DenialCapacity int
 	// ServeStale is how long expired cache entries are served while
 	// kube-dns does not answer (RFC 8767).
 	ServeStale time.Duration
@@ -120,6 +123,8 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&c.CorefilePath, "corefile", "", "Corefile template file (default: built in)")
 	fs.DurationVar(&c.SyncInterval, "sync-interval", DefaultSyncInterval, "how often addresses and rules are checked and repaired")
 	fs.DurationVar(&c.ReloadInterval, "reload-interval", DefaultReloadInterval, "how often the Corefile template is checked for changes (rendered into the reload plugin)")
+	fs.IntVar(&c.SuccessCapacity, "cache-success", DefaultCacheCapacity, "capacity of the cache for answers (entries)")
+	fs.IntVar(&c.DenialCapacity, "cache-denial", DefaultCacheCapacity, "capacity of the cache for denials, NXDOMAIN and NODATA (entries)")
 	fs.DurationVar(&c.ServeStale, "serve-stale", DefaultServeStale, "how long expired cache entries are served while kube-dns does not answer (0: never)")
 	fs.BoolVar(&c.SetupInterface, "setup-interface", true, "add the local IPs to --interface")
 	fs.BoolVar(&c.SetupNetfilter, "setup-netfilter", true, "install the NOTRACK and ACCEPT rules")
@@ -409,6 +414,9 @@ func (c *Config) validate() error {
 	case "auto", "legacy", "nft":
 	default:
 		return &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", c.IptablesMode)}
+	}
+	if c.SuccessCapacity < 1 || c.DenialCapacity < 1 {
+		return &Error{Flag: "cache-success", Err: fmt.Errorf("cache capacities must be positive (--cache-success %d, --cache-denial %d)", c.SuccessCapacity, c.DenialCapacity)}
 	}
 	if c.ServeStale < 0 || c.ServeStale%time.Second != 0 {
 		return &Error{Flag: "serve-stale", Err: fmt.Errorf("%s is not a whole number of seconds, 0 or more", c.ServeStale)}

@@ -116,6 +116,8 @@ func TestParseDefaults(t *testing.T) {
 		MetricsAddr:     ":9253",
 		ServeStale:      time.Hour,
 		ProbeMark:       0x200000,
+		SuccessCapacity: 9984,
+		DenialCapacity:  9984,
 	}
 	if !slices.Equal(c.LocalIPs, want.LocalIPs) || !slices.Equal(c.Upstreams, want.Upstreams) {
 		t.Fatalf("addresses: %+v", c)
@@ -131,7 +133,8 @@ func equalConfig(a, b Config) bool {
 		a.Port == b.Port && a.CorefilePath == b.CorefilePath && a.SyncInterval == b.SyncInterval &&
 		a.ReloadInterval == b.ReloadInterval && a.SetupInterface == b.SetupInterface && a.SetupNetfilter == b.SetupNetfilter &&
 		a.DivertHostNetwork == b.DivertHostNetwork && a.IptablesMode == b.IptablesMode && a.HealthAddr == b.HealthAddr &&
-		a.ReadyAddr == b.ReadyAddr && a.MetricsAddr == b.MetricsAddr && a.ServeStale == b.ServeStale && a.ProbeMark == b.ProbeMark
+		a.ReadyAddr == b.ReadyAddr && a.MetricsAddr == b.MetricsAddr && a.ServeStale == b.ServeStale && a.ProbeMark == b.ProbeMark &&
+		a.SuccessCapacity == b.SuccessCapacity && a.DenialCapacity == b.DenialCapacity
 }
 
 // Every bad value names the flag to set, and the environment variable where

@@ -34,6 +34,8 @@ type Values struct {
 	HealthAddr, ReadyAddr, MetricsAddr string
 	// ReloadInterval is how often the reload plugin checks for a change.
 	ReloadInterval time.Duration
+	// SuccessCapacity and DenialCapacity size the caches.
+	SuccessCapacity, DenialCapacity int
 	// ServeStale is how long expired entries are served while the upstream
 	// does not answer; 0 disables serve-stale.
 	ServeStale time.Duration

@@ -14,15 +14,17 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 func values() Values {
 	return Values{
-		LocalIPs:       []netip.Addr{netip.MustParseAddr("172.27.255.78")},
-		Upstreams:      []netip.AddrPort{netip.MustParseAddrPort("172.27.255.79:53")},
-		ClusterDomain:  "cluster.local",
-		Port:           53,
-		HealthAddr:     "127.0.0.1:8080",
-		ReadyAddr:      "127.0.0.1:8181",
-		MetricsAddr:    ":9253",
-		ReloadInterval: 5 * time.Second,
-		ServeStale:     time.Hour,
+		LocalIPs:        []netip.Addr{netip.MustParseAddr("172.27.255.78")},
+		Upstreams:       []netip.AddrPort{netip.MustParseAddrPort("172.27.255.79:53")},
+		ClusterDomain:   "cluster.local",
+		Port:            53,
+		HealthAddr:      "127.0.0.1:8080",
+		ReadyAddr:       "127.0.0.1:8181",
+		MetricsAddr:     ":9253",
+		ReloadInterval:  5 * time.Second,
+		ServeStale:      time.Hour,
+		SuccessCapacity: 9984,
+		DenialCapacity:  9984,
 	}
 }
 
