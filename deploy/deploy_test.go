@@ -1,0 +1,342 @@
+package deploy
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	"helm.sh/helm/v3/pkg/lint/support"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/corefile"
+)
+
+var update = flag.Bool("update", false, "rewrite node-local-coredns.yaml, kustomize/ and the chart's Corefile from the chart")
+
+const chartDir = "helm/node-local-coredns"
+
+// renderHelm renders the chart with values, as helm template does, and
+// returns the documents by template name.
+func renderHelm(t *testing.T, values map[string]any) map[string]string {
+	t.Helper()
+	ch, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals, err := chartutil.ToRenderValues(ch, values, chartutil.ReleaseOptions{Name: "node-local-coredns", Namespace: "kube-system", IsInstall: true}, chartutil.DefaultCapabilities)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := engine.Render(ch, vals)
+	if err != nil {
+		t.Fatalf("rendering the chart: %v", err)
+	}
+	docs := map[string]string{}
+	for name, doc := range out {
+		if strings.HasSuffix(name, ".tpl") || strings.TrimSpace(stripComments(doc)) == "" {
+			continue
+		}
+		docs[filepath.Base(name)] = doc
+	}
+	return docs
+}
+
+func stripComments(doc string) string {
+	var keep []string
+	for _, l := range strings.Split(doc, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// joined renders the chart's documents as one stream in a fixed order.
+func joined(docs map[string]string) string {
+	names := make([]string, 0, len(docs))
+	for n := range docs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", n, strings.TrimSpace(docs[n]))
+	}
+	return b.String()
+}
+
+// objects decodes a YAML stream strictly into the k8s.io/api types and
+// returns them by kind/name, each re-encoded canonically.
+func objects(t *testing.T, stream string) map[string]any {
+	t.Helper()
+	out := map[string]any{}
+	for _, doc := range splitDocs(stream) {
+		if strings.TrimSpace(stripComments(doc)) == "" {
+			continue
+		}
+		var meta struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("decoding %q: %v", doc, err)
+		}
+		var obj any
+		switch meta.Kind {
+		case "DaemonSet":
+			obj = &appsv1.DaemonSet{}
+		case "Service":
+			obj = &corev1.Service{}
+		case "ConfigMap":
+			obj = &corev1.ConfigMap{}
+		case "ServiceAccount":
+			obj = &corev1.ServiceAccount{}
+		default:
+			t.Fatalf("unexpected kind %q", meta.Kind)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			t.Fatalf("%s %s does not decode strictly: %v", meta.Kind, meta.Metadata.Name, err)
+		}
+		out[meta.Kind+"/"+meta.Metadata.Name] = obj
+	}
+	return out
+}
+
+// splitDocs splits a YAML stream at its "---" lines, keeping each
+// document's line ends.
+func splitDocs(stream string) []string {
+	var docs []string
+	var cur strings.Builder
+	for _, l := range strings.SplitAfter(stream, "\n") {
+		if strings.TrimRight(l, "\n") == "---" {
+			docs = append(docs, cur.String())
+			cur.Reset()
+			continue
+		}
+		cur.WriteString(l)
+	}
+	return append(docs, cur.String())
+}
+
+func canonical(t *testing.T, objs map[string]any) string {
+	t.Helper()
+	keys := make([]string, 0, len(objs))
+	for k := range objs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b bytes.Buffer
+	for _, k := range keys {
+		y, err := yaml.Marshal(objs[k])
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "# %s\n%s", k, y)
+	}
+	return b.String()
+}
+
+func TestChartCorefileIsTheBuiltInOne(t *testing.T) {
+	path := filepath.Join(chartDir, "files", "Corefile.tmpl")
+	if *update {
+		if err := os.WriteFile(path, []byte(corefile.Default), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != corefile.Default {
+		t.Errorf("%s differs from internal/corefile/default.tmpl (go test ./deploy -update copies it)", path)
+	}
+}
+
+// The Helm chart, the kustomize base and the pre-rendered file hold the
+// same objects.
+func TestRenderingsAgree(t *testing.T) {
+	helm := joined(renderHelm(t, nil))
+	if *update {
+		if err := os.WriteFile("node-local-coredns.yaml", []byte("# Generated from helm/node-local-coredns by go test ./deploy -update; do not edit.\n"+helm), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		writeKustomize(t, renderHelm(t, nil))
+	}
+	want := canonical(t, objects(t, helm))
+	pre, err := os.ReadFile("node-local-coredns.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := canonical(t, objects(t, string(pre))); got != want {
+		t.Errorf("node-local-coredns.yaml differs from the chart's rendering (go test ./deploy -update rewrites it)")
+	}
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		if os.Getenv("NODESIM_REQUIRED") != "" {
+			t.Fatal("kubectl is needed to render the kustomize base")
+		}
+		t.Skip("kubectl not installed: cannot render the kustomize base")
+	}
+	out, err := exec.Command(kubectl, "kustomize", "kustomize").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
+	}
+	if got := canonical(t, objects(t, string(out))); got != want {
+		t.Errorf("the kustomize base renders other objects than the chart (go test ./deploy -update rewrites it)")
+	}
+}
+
+func writeKustomize(t *testing.T, docs map[string]string) {
+	t.Helper()
+	names := make([]string, 0, len(docs))
+	for n, d := range docs {
+		if err := os.WriteFile(filepath.Join("kustomize", n), []byte("# Generated from helm/node-local-coredns by go test ./deploy -update; do not edit.\n"+strings.TrimSpace(d)+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	b.WriteString("# The node-local-coredns base: kubectl apply -k deploy/kustomize\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n")
+	for _, n := range names {
+		fmt.Fprintf(&b, "  - %s\n", n)
+	}
+	if err := os.WriteFile(filepath.Join("kustomize", "kustomization.yaml"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHelmLintIsClean(t *testing.T) {
+	lint := action.NewLint()
+	lint.Strict = true
+	res := lint.Run([]string{chartDir}, nil)
+	for _, m := range res.Messages {
+		if m.Severity >= support.WarningSev {
+			t.Errorf("helm lint: %s", m)
+		} else {
+			t.Logf("helm lint: %s", m)
+		}
+	}
+	for _, err := range res.Errors {
+		t.Errorf("helm lint: %v", err)
+	}
+}
+
+// The objects carry what the datapath and an operator need.
+func TestObjects(t *testing.T) {
+	objs := objects(t, joined(renderHelm(t, nil)))
+	svc := objs["Service/node-local-coredns"].(*corev1.Service)
+	if svc.Namespace != "kube-system" || svc.Spec.Selector["k8s-app"] != "kube-dns" || svc.Labels["k8s-app"] != "kube-dns" {
+		t.Errorf("upstream Service: %+v", svc.ObjectMeta)
+	}
+	var ports []string
+	for _, p := range svc.Spec.Ports {
+		ports = append(ports, fmt.Sprintf("%s %d/%s", p.Name, p.Port, p.Protocol))
+	}
+	if !slices.Equal(ports, []string{"dns 53/UDP", "dns-tcp 53/TCP"}) {
+		t.Errorf("upstream Service ports %v", ports)
+	}
+	cm := objs["ConfigMap/node-local-coredns"].(*corev1.ConfigMap)
+	if cm.Data["Corefile.tmpl"] != corefile.Default {
+		t.Error("the ConfigMap does not hold the built-in Corefile template")
+	}
+	if _, ok := objs["ServiceAccount/node-local-coredns"]; !ok {
+		t.Error("no ServiceAccount")
+	}
+	ds := objs["DaemonSet/node-local-coredns"].(*appsv1.DaemonSet)
+	pod := ds.Spec.Template.Spec
+	if !pod.HostNetwork || pod.DNSPolicy != corev1.DNSDefault || pod.PriorityClassName != "system-node-critical" {
+		t.Errorf("pod: hostNetwork %t, dnsPolicy %s, priority %q", pod.HostNetwork, pod.DNSPolicy, pod.PriorityClassName)
+	}
+	if len(pod.Tolerations) != 1 || pod.Tolerations[0].Operator != corev1.TolerationOpExists || pod.Tolerations[0].Key != "" {
+		t.Errorf("tolerations %+v, want one that tolerates every taint", pod.Tolerations)
+	}
+	ru := ds.Spec.UpdateStrategy.RollingUpdate
+	if ru == nil || ru.MaxSurge.String() != "1" || ru.MaxUnavailable.String() != "0" {
+		t.Errorf("update strategy %+v, want maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy)
+	}
+	if ds.Spec.Template.Annotations["prometheus.io/scrape"] != "true" {
+		t.Error("no Prometheus scrape annotation")
+	}
+	names := []string{}
+	for _, c := range pod.Containers {
+		names = append(names, c.Name)
+		sc := c.SecurityContext
+		if sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+			t.Errorf("%s: must not be privileged and must have a read-only root filesystem", c.Name)
+		}
+		if sc != nil && (len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL") {
+			t.Errorf("%s: capabilities not dropped", c.Name)
+		}
+		for _, add := range sc.Capabilities.Add {
+			if !slices.Contains([]corev1.Capability{"NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"}, add) {
+				t.Errorf("%s: capability %s beyond what the datapath needs", c.Name, add)
+			}
+		}
+		lock := false
+		for _, m := range c.VolumeMounts {
+			lock = lock || m.MountPath == "/run/xtables.lock"
+		}
+		if !lock {
+			t.Errorf("%s: /run/xtables.lock not mounted", c.Name)
+		}
+		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+			t.Errorf("%s: no resource requests", c.Name)
+		}
+	}
+	if !slices.Equal(names, []string{"node-local-coredns", "watchdog"}) {
+		t.Errorf("containers %v", names)
+	}
+	agent := pod.Containers[0]
+	if agent.LivenessProbe == nil || agent.LivenessProbe.HTTPGet == nil || agent.LivenessProbe.HTTPGet.Path != "/health" {
+		t.Errorf("liveness probe %+v", agent.LivenessProbe)
+	}
+	if agent.ReadinessProbe == nil || agent.ReadinessProbe.Exec == nil || !slices.Contains(agent.ReadinessProbe.Exec.Command, "status") {
+		t.Errorf("readiness probe %+v, want node-local-coredns status", agent.ReadinessProbe)
+	}
+	if pod.Containers[1].Args[0] != "watchdog" {
+		t.Errorf("watchdog args %v", pod.Containers[1].Args)
+	}
+}
+
+// Values reach the agent's flags.
+func TestValues(t *testing.T) {
+	objs := objects(t, joined(renderHelm(t, map[string]any{
+		"localIP": "10.96.0.10,fd00::a", "interface": "cbr0", "clusterDomain": "k8s.example.org",
+		"upstream": "10.96.0.11", "cache": map[string]any{"successCapacity": 1000, "denialCapacity": 500},
+		"image":    map[string]any{"tag": "v9"}, "nodeSelector": map[string]any{"pool": "dns"},
+		"watchdog": map[string]any{"enabled": false}, "metricsService": map[string]any{"enabled": false},
+	})))
+	ds := objs["DaemonSet/node-local-coredns"].(*appsv1.DaemonSet)
+	agent := ds.Spec.Template.Spec.Containers[0]
+	for _, want := range []string{"--local-ip=10.96.0.10,fd00::a", "--interface=cbr0", "--cluster-domain=k8s.example.org",
+		"--upstream=10.96.0.11", "--cache-success=1000", "--cache-denial=500"} {
+		if !slices.Contains(agent.Args, want) {
+			t.Errorf("agent args %v lack %s", agent.Args, want)
+		}
+	}
+	if !strings.HasSuffix(agent.Image, ":v9") || ds.Spec.Template.Spec.NodeSelector["pool"] != "dns" {
+		t.Errorf("image %s, node selector %v", agent.Image, ds.Spec.Template.Spec.NodeSelector)
+	}
+	if len(ds.Spec.Template.Spec.Containers) != 1 {
+		t.Error("watchdog not disabled")
+	}
+	if _, ok := objs["Service/node-local-coredns-metrics"]; ok {
+		t.Error("metrics Service not disabled")
+	}
+}
