@@ -319,7 +319,7 @@ func TestValues(t *testing.T) {
 	objs := objects(t, joined(renderHelm(t, map[string]any{
 		"localIP": "10.96.0.10,fd00::a", "interface": "cbr0", "clusterDomain": "k8s.example.org",
 		"upstream": "10.96.0.11", "cache": map[string]any{"successCapacity": 1000, "denialCapacity": 500},
-		"image":    map[string]any{"tag": "v9"}, "nodeSelector": map[string]any{"pool": "dns"},
+		"image": map[string]any{"tag": "v9"}, "nodeSelector": map[string]any{"pool": "dns"},
 		"watchdog": map[string]any{"enabled": false}, "metricsService": map[string]any{"enabled": false},
 	})))
 	ds := objs["DaemonSet/node-local-coredns"].(*appsv1.DaemonSet)
