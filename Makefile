@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/node-local-coredns
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test unit demo deps vet clean reliability
+.PHONY: all build test unit demo deps vet clean reliability image manifests
 
 all: build
 
@@ -52,3 +52,15 @@ clean:
 # measured table into docs/reliability.md.
 reliability: deps
 	RELIABILITY_DOC=$(CURDIR)/docs/reliability.md NODESIM_REQUIRED=1 $(GO) test -count=1 -run 'Scenario' -v ./test/e2e
+
+IMAGE ?= ghcr.io/node-local-coredns/node-local-coredns:$(VERSION)
+
+# image builds the container image; it needs a Docker engine.
+image:
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine"; exit 1; }
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+# manifests re-renders deploy/node-local-coredns.yaml and deploy/kustomize
+# from the Helm chart (and copies the built-in Corefile into the chart).
+manifests:
+	$(GO) test ./deploy -run 'TestChartCorefileIsTheBuiltInOne|TestRenderingsAgree' -update
