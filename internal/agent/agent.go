@@ -34,10 +34,10 @@ type Shared interface {
 	Shared() bool
 }
 
-// Handover is implemented by a step that has something to do before it is
-// torn down while another agent keeps serving (stop taking new queries).
-type Handover interface {
-	Handover() error
+// Drainer is implemented by a step that, before anything is torn down,
+// stops taking new queries and finishes those it has (the server).
+type Drainer interface {
+	Drain() error
 }
 
 // Agent runs Steps.
@@ -115,14 +115,24 @@ func (a *Agent) othersServing() bool {
 	return ok
 }
 
-// shutdown tears everything down, unless another agent serves the local
-// IPs: then it stops only its own serving and leaves the interface and the
-// rules to that agent, so that the diversion is never removed while an
-// agent serves. It looks again after it stopped serving, so that two agents
-// stopping at once do not both leave everything behind.
+// shutdown first drains: the server stops taking new queries (which then go
+// to kube-dns, or to another agent) and answers those it has. Then it tears
+// everything down, unless another agent serves the local IPs: then it stops
+// only its own serving and leaves the interface and the rules to that agent,
+// so that the diversion is never removed while an agent serves. It looks
+// again after it stopped serving, so that two agents stopping at once do not
+// both leave everything behind.
 func (a *Agent) shutdown() error {
+	var errs []error
+	for _, s := range a.steps {
+		if d, ok := s.(Drainer); ok {
+			if err := d.Drain(); err != nil {
+				errs = append(errs, fmt.Errorf("draining %s: %w", s.Name(), err))
+			}
+		}
+	}
 	if !a.othersServing() {
-		return a.teardown(a.steps)
+		return errors.Join(append(errs, a.teardown(a.steps))...)
 	}
 	a.log.Info("another agent serves the local IPs: handing over to it")
 	var own, shared []Step
@@ -131,14 +141,6 @@ func (a *Agent) shutdown() error {
 			shared = append(shared, s)
 		} else {
 			own = append(own, s)
-		}
-	}
-	var errs []error
-	for _, s := range own {
-		if h, ok := s.(Handover); ok {
-			if err := h.Handover(); err != nil {
-				errs = append(errs, fmt.Errorf("handing over %s: %w", s.Name(), err))
-			}
 		}
 	}
 	errs = append(errs, a.teardown(own))

@@ -132,22 +132,23 @@ type sharedRecorder struct{ *recorder }
 
 func (sharedRecorder) Shared() bool { return true }
 
-// handoverRecorder records Handover calls.
-type handoverRecorder struct{ *recorder }
+// drainRecorder records Drain calls.
+type drainRecorder struct{ *recorder }
 
-func (h handoverRecorder) Handover() error { h.record("handover"); return nil }
+func (d drainRecorder) Drain() error { d.record("drain"); return nil }
 
-// While another agent serves the local IPs, a stopping agent stops only its
-// own serving; if the other one is gone by then, it cleans up after all.
+// A stopping agent drains its server first. While another agent serves the
+// local IPs, it then stops only its own serving; if the other one is gone by
+// then, it cleans up after all.
 func TestShutdownHandsOverToPeer(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		peers []bool // answers to successive peer checks
 		want  []string
 	}{
-		{"alone", []bool{false}, []string{"teardown rules", "teardown server", "teardown interface"}},
-		{"peer keeps serving", []bool{true, true}, []string{"handover server", "teardown server"}},
-		{"peer stopped meanwhile", []bool{true, false}, []string{"handover server", "teardown server", "teardown rules", "teardown interface"}},
+		{"alone", []bool{false}, []string{"drain server", "teardown rules", "teardown server", "teardown interface"}},
+		{"peer keeps serving", []bool{true, true}, []string{"drain server", "teardown server"}},
+		{"peer stopped meanwhile", []bool{true, false}, []string{"drain server", "teardown server", "teardown rules", "teardown interface"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var (
@@ -155,7 +156,7 @@ func TestShutdownHandsOverToPeer(t *testing.T) {
 				mu  sync.Mutex
 			)
 			rs := steps(&log, &mu, "interface", "server", "rules")
-			s := []Step{sharedRecorder{rs[0]}, handoverRecorder{rs[1]}, sharedRecorder{rs[2]}}
+			s := []Step{sharedRecorder{rs[0]}, drainRecorder{rs[1]}, sharedRecorder{rs[2]}}
 			calls := 0
 			peers := func() (bool, error) {
 				ok := tc.peers[min(calls, len(tc.peers)-1)]

@@ -124,9 +124,13 @@ func (r *rulesStep) Teardown() error {
 	return err
 }
 
-// drainDelay is how long a handing-over agent keeps answering what its
-// sockets have queued after it stopped taking new queries.
-const drainDelay = 200 * time.Millisecond
+// Draining: after the sockets stop taking new queries, the server answers
+// what its UDP sockets have queued (at least drainMin) and lets accepted TCP
+// connections finish (at most drainMax).
+const (
+	drainMin = 100 * time.Millisecond
+	drainMax = 2 * time.Second
+)
 
 // serverStep is the embedded CoreDNS as a Step.
 type serverStep struct {
@@ -135,13 +139,24 @@ type serverStep struct {
 	srv    *server.Server
 }
 
-// Handover implements agent.Handover: the UDP sockets leave their
-// SO_REUSEPORT groups, so the peer gets every new query, and what is queued
-// is answered before the server stops.
-func (s *serverStep) Handover() error {
-	n, err := sockets.DetachUDP(s.addrs)
-	if n > 0 {
-		time.Sleep(drainDelay)
+// Drain implements agent.Drainer: the sockets stop taking new queries
+// (which the gated rules then send to kube-dns, or the kernel to a peer
+// agent), what is queued is answered, and accepted TCP connections finish.
+func (s *serverStep) Drain() error {
+	if s.srv == nil {
+		return nil
+	}
+	n, err := sockets.Detach(s.addrs)
+	if n == 0 {
+		return err
+	}
+	start := time.Now()
+	time.Sleep(drainMin)
+	for time.Since(start) < drainMax {
+		if open, err := sockets.Established(s.addrs); err != nil || open == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	return err
 }

@@ -1,7 +1,7 @@
 // Package sockets looks at the DNS sockets bound to the local IPs: whether
 // another agent on the node serves them too (a rolling upgrade), and how to
-// take this process's UDP sockets out of their SO_REUSEPORT group so that a
-// peer gets every new query while this one answers what it has queued.
+// make this process's sockets stop taking new queries while it answers what
+// it has already received.
 package sockets
 
 import (
@@ -28,8 +28,9 @@ type Socket struct {
 
 // TCP listen and UDP unconnected state in /proc/net (TCP_LISTEN, TCP_CLOSE).
 const (
-	stateTCPListen = 0x0a
-	stateUDPIdle   = 0x07
+	stateTCPEstablished = 0x01
+	stateTCPListen      = 0x0a
+	stateUDPIdle        = 0x07
 )
 
 // Serving returns the sockets that serve one of addrs: unconnected UDP and
@@ -80,12 +81,17 @@ func OthersServing(addrs []netip.AddrPort) (bool, error) {
 	return false, nil
 }
 
-// DetachUDP connects this process's unconnected UDP sockets bound to one of
-// addrs to the discard port of loopback. The kernel then stops choosing them
-// for new queries when another socket in the SO_REUSEPORT group is
-// unconnected (a peer agent), while what is already queued is still read and
-// answered. It returns how many sockets it detached.
-func DetachUDP(addrs []netip.AddrPort) (int, error) {
+// Detach makes this process's sockets serving addrs stop taking new
+// queries, so that the kernel finds no socket for them (the rules, gated on
+// a bound socket, then let them go to kube-dns) or finds a peer agent's:
+//   - each unconnected UDP socket is connected to the discard port of
+//     loopback: it no longer matches queries from anyone else, while what is
+//     already queued is still read and answered;
+//   - each TCP listener is shut down for reading: it leaves the lookup
+//     tables, while connections already accepted go on.
+//
+// It returns how many sockets it detached.
+func Detach(addrs []netip.AddrPort) (int, error) {
 	own, err := ownInodes()
 	if err != nil {
 		return 0, err
@@ -93,7 +99,7 @@ func DetachUDP(addrs []netip.AddrPort) (int, error) {
 	n := 0
 	for _, fd := range own {
 		typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-		if err != nil || typ != unix.SOCK_DGRAM {
+		if err != nil {
 			continue
 		}
 		sa, err := unix.Getsockname(fd)
@@ -104,6 +110,22 @@ func DetachUDP(addrs []netip.AddrPort) (int, error) {
 		if !ok || !contains(addrs, local) {
 			continue
 		}
+		if typ == unix.SOCK_STREAM {
+			if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || listening == 0 {
+				continue
+			}
+			if err := unix.Shutdown(fd, unix.SHUT_RD); err != nil {
+				return n, fmt.Errorf("detaching TCP listener on %s: %w", local, err)
+			}
+			n++
+			continue
+		}
+		if typ != unix.SOCK_DGRAM {
+			continue
+		}
+		if _, err := unix.Getpeername(fd); err == nil {
+			continue // already detached
+		}
 		var peer unix.Sockaddr = &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}
 		if local.Addr().Is6() {
 			peer = &unix.SockaddrInet6{Port: 9, Addr: netip.IPv6Loopback().As16()}
@@ -112,6 +134,23 @@ func DetachUDP(addrs []netip.AddrPort) (int, error) {
 			return n, fmt.Errorf("detaching UDP socket on %s: %w", local, err)
 		}
 		n++
+	}
+	return n, nil
+}
+
+// Established returns the number of established TCP connections to addrs.
+func Established(addrs []netip.AddrPort) (int, error) {
+	n := 0
+	for _, path := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		socks, err := parseFile("tcp", path)
+		if err != nil {
+			return 0, err
+		}
+		for _, s := range socks {
+			if s.State == stateTCPEstablished && contains(addrs, s.Local) {
+				n++
+			}
+		}
 	}
 	return n, nil
 }
