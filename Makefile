@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/node-local-coredns
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test unit demo deps vet clean reliability image manifests
+.PHONY: all build test unit demo deps vet clean reliability image manifests bench bench-deps
 
 all: build
 
@@ -64,3 +64,18 @@ image:
 # from the Helm chart (and copies the built-in Corefile into the chart).
 manifests:
 	$(GO) test ./deploy -run 'TestChartCorefileIsTheBuiltInOne|TestRenderingsAgree' -update
+
+# bench measures node-local-coredns against stock CoreDNS, Unbound and
+# dnsmasq (and the simulated node through the agent against DNAT) and
+# rewrites docs/benchmarks.md; ARGS picks figures, e.g. ARGS='-only cpu -reps 1'.
+bench: deps bench-deps
+	$(GO) build -o bin/bench ./bench
+	./bin/bench $(ARGS)
+
+bench-deps:
+	@missing=""; for t in dnsperf unbound dnsmasq taskset; do command -v $$t >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing dnsperf, unbound, dnsmasq"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf unbound dnsmasq-base util-linux >/dev/null; \
+		if command -v systemctl >/dev/null 2>&1; then systemctl disable --now unbound >/dev/null 2>&1 || true; fi; \
+	fi

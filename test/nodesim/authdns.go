@@ -52,9 +52,10 @@ func (a *AuthDNS) FromPods() []time.Time {
 	return slices.Clone(a.fromPods)
 }
 
-// newAuthDNS serves on the listeners, which the caller opened inside the
-// endpoint's namespace.
-func newAuthDNS(domain string, ttl uint32, pc net.PacketConn, ln net.Listener) *AuthDNS {
+// NewAuthDNS serves the cluster zone (domain) on the listeners, with
+// answers of the given TTL. The caller opens the listeners (inside an
+// endpoint's namespace, or on loopback for benchmarks).
+func NewAuthDNS(domain string, ttl uint32, pc net.PacketConn, ln net.Listener) *AuthDNS {
 	a := &AuthDNS{domain: dns.Fqdn(domain), ttl: ttl, byName: map[string]int{}}
 	a.servers = []*dns.Server{
 		{PacketConn: pc, Handler: a},

@@ -212,7 +212,7 @@ func New(ctx context.Context, o Options) (n *Node, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("starting kube-dns endpoint in %s: %w", e.NS, err)
 		}
-		e.DNS = newAuthDNS(ClusterDomain, o.TTL, pc, ln)
+		e.DNS = NewAuthDNS(ClusterDomain, o.TTL, pc, ln)
 		n.Endpoints = append(n.Endpoints, e)
 	}
 	if err := n.installKubeProxy(ctx); err != nil {
@@ -346,7 +346,7 @@ func StartAuthDNS(ns, addr string) (*AuthDNS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting DNS server on %s in %s: %w", addr, ns, err)
 	}
-	return newAuthDNS(ClusterDomain, TTL, pc, ln), nil
+	return NewAuthDNS(ClusterDomain, TTL, pc, ln), nil
 }
 
 // Shutdown stops the server.

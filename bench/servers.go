@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/corefile"
+)
+
+// upstreamAddr is the authoritative upstream every server forwards to.
+const upstreamAddr = "127.0.0.1:5300"
+
+// benchCacheCapacity lets every server hold the 110,000 names of the
+// memory figure (the agent's default is 9,984 entries per cache).
+const benchCacheCapacity = 150000
+
+// server is one DNS server under test.
+type server struct {
+	name string
+	port int
+	// command returns the command that runs it in the foreground.
+	command func(dir string) (*exec.Cmd, error)
+	cmd     *exec.Cmd
+}
+
+func servers(bin string) []*server {
+	return []*server{
+		{name: "node-local-coredns", port: 5301, command: func(string) (*exec.Cmd, error) {
+			return exec.Command(filepath.Join(bin, "node-local-coredns"), "--local-ip=127.0.0.1", "--port=5301",
+				"--upstream="+upstreamAddr, "--setup-interface=false", "--setup-netfilter=false",
+				"--health-addr=127.0.0.1:15301", "--ready-addr=127.0.0.1:16301", "--metrics-addr=127.0.0.1:17301",
+				"--cache-success="+strconv.Itoa(benchCacheCapacity), "--cache-denial="+strconv.Itoa(benchCacheCapacity)), nil
+		}},
+		{name: "coredns", port: 5302, command: func(dir string) (*exec.Cmd, error) {
+			// The agent's own built-in Corefile, rendered for this port: the
+			// same plugins doing the same work.
+			text, err := corefile.Render("built-in", corefile.Default, corefile.Values{
+				LocalIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Upstreams: []netip.AddrPort{netip.MustParseAddrPort(upstreamAddr)},
+				ClusterDomain: "cluster.local", Port: 5302, HealthAddr: "127.0.0.1:15302", ReadyAddr: "127.0.0.1:16302",
+				MetricsAddr: "127.0.0.1:17302", ReloadInterval: 5 * time.Second, ServeStale: time.Hour,
+				SuccessCapacity: benchCacheCapacity, DenialCapacity: benchCacheCapacity,
+			})
+			if err != nil {
+				return nil, err
+			}
+			path := filepath.Join(dir, "Corefile")
+			if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+				return nil, err
+			}
+			return exec.Command(filepath.Join(bin, "coredns-stock"), "-conf", path, "-quiet"), nil
+		}},
+		{name: "unbound", port: 5303, command: func(dir string) (*exec.Cmd, error) {
+			conf := fmt.Sprintf(`server:
+  interface: 127.0.0.1@5303
+  port: 5303
+  do-daemonize: no
+  num-threads: 1
+  username: ""
+  chroot: ""
+  directory: "%s"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  module-config: "iterator"
+  msg-cache-size: 64m
+  rrset-cache-size: 128m
+  so-reuseport: no
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@5300
+`, dir)
+			path := filepath.Join(dir, "unbound.conf")
+			if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+				return nil, err
+			}
+			return exec.Command("unbound", "-d", "-c", path), nil
+		}},
+		{name: "dnsmasq", port: 5304, command: func(string) (*exec.Cmd, error) {
+			return exec.Command("dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=5304", "--listen-address=127.0.0.1",
+				"--bind-interfaces", "--server=127.0.0.1#5300", "--cache-size=150000", "--user=root", "--pid-file=",
+				"--log-facility=-"), nil
+		}},
+	}
+}
+
+// start runs the server pinned to CPU 0 (GOMAXPROCS=1 for Go servers) and
+// waits until it answers.
+func (s *server) start(ctx context.Context, dir string) error {
+	cmd, err := s.command(dir)
+	if err != nil {
+		return err
+	}
+	pinned := exec.CommandContext(ctx, "taskset", append([]string{"-c", "0", cmd.Path}, cmd.Args[1:]...)...)
+	pinned.Env = append(os.Environ(), "GOMAXPROCS=1")
+	pinned.Stdout, pinned.Stderr = os.Stderr, os.Stderr
+	if err := pinned.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", s.name, err)
+	}
+	s.cmd = pinned
+	c := &dns.Client{Timeout: 200 * time.Millisecond}
+	m := new(dns.Msg)
+	m.SetQuestion("ready.bench.example.org.", dns.TypeA)
+	for range 100 {
+		if _, _, err := c.Exchange(m, "127.0.0.1:"+strconv.Itoa(s.port)); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.stop()
+	return fmt.Errorf("%s does not answer on port %d", s.name, s.port)
+}
+
+func (s *server) stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-done
+	}
+	s.cmd = nil
+}
+
+// cpu returns the CPU time the server's process has used (all threads).
+func (s *server) cpu() time.Duration {
+	pid := s.cmd.Process.Pid
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var total int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			n, _ := strconv.ParseInt(f[0], 10, 64)
+			total += n
+		}
+	}
+	return time.Duration(total)
+}
+
+// rss returns the server's resident memory in bytes.
+func (s *server) rss() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
