@@ -33,6 +33,7 @@ const (
 	figMemory  = "memory"  // RSS idle, with 10k and 100k names
 	figMiss    = "miss"    // CPU per cache miss
 	figNode    = "node"    // the simulated node: agent against DNAT
+	figGo      = "go"      // the Go benchmarks of the serving hot path
 )
 
 var rates = []int{10000, 40000, 80000}
@@ -50,7 +51,7 @@ func (o options) want(fig string) bool { return len(o.only) == 0 || o.only[fig] 
 
 func main() {
 	var o options
-	only := flag.String("only", "", "comma-separated figures: cpu,max,latency,memory,miss,node (default: all)")
+	only := flag.String("only", "", "comma-separated figures: cpu,max,latency,memory,miss,node,go (default: all)")
 	flag.IntVar(&o.reps, "reps", 3, "repetitions of every measurement, servers interleaved")
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of one load run")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "the report to write (empty: print only)")
@@ -118,6 +119,18 @@ func run(ctx context.Context, o options) error {
 			fmt.Fprintf(os.Stderr, "rep %d: %s\n", rep, s.name)
 			if err := measureServer(ctx, o, s, work, rep, hits10k, hits100k, res); err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
+			}
+		}
+	}
+	if o.want(figGo) {
+		out, err := exec.CommandContext(ctx, "taskset", "-c", "0", "go", "test", "-run", "XXX", "-bench", ".", "-benchmem",
+			"-count", fmt.Sprint(o.reps), "./internal/server").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("go benchmarks: %w\n%s", err, out)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "Benchmark") {
+				res.goBench += l + "\n"
 			}
 		}
 	}

@@ -18,8 +18,9 @@ import (
 
 // results holds every repetition's value of every figure per server.
 type results struct {
-	keys []string
-	vals map[string]map[string][]float64
+	keys    []string
+	vals    map[string]map[string][]float64
+	goBench string
 }
 
 func newResults() *results { return &results{vals: map[string]map[string][]float64{}} }
@@ -138,7 +139,8 @@ func (r *results) markdown(o options, srvs []*server, node *nodeView, took time.
 		row("pod → DNAT → kube-dns, 1,000 queries/s", node.dnat, node.dnatCT)
 		row("pod → node-local-coredns, 1,000 queries/s", node.agent, node.agentCT)
 		w("")
-		w("A burst of 4,000 queries/s (A+AAAA in parallel from one socket) for 3 s:")
+		w("A burst offered at 4,000 queries/s (A+AAAA in parallel from one socket) for 3 s; the load generator,")
+		w("on one core with the endpoints, sends what it can (the queries column):")
 		w("")
 		w("| path | queries | failed | p50 | p99 | p99.9 |")
 		w("|---|---|---|---|---|---|")
@@ -153,8 +155,15 @@ func (r *results) markdown(o options, srvs []*server, node *nodeView, took time.
 	}
 	w("## Go benchmarks")
 	w("")
-	w("`go test -run XXX -bench . -benchmem ./internal/server` measures a cache hit and a miss through the")
-	w("embedded server's query path (CoreDNS's mux and cache, no socket), with allocations per query.")
+	w("`go test -run XXX -bench . -benchmem ./internal/server`, pinned to CPU 0: a cache hit and a miss")
+	w("through the embedded server's query path (CoreDNS's mux and cache, no socket; the miss is answered")
+	w("by an in-process upstream), with allocations per query.")
+	if r.goBench != "" {
+		w("")
+		w("```")
+		b.WriteString(r.goBench)
+		w("```")
+	}
 	return b.String()
 }
 

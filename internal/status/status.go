@@ -7,7 +7,6 @@ package status
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,7 +14,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -157,30 +155,9 @@ func interfaceOf(ip netip.Addr) string {
 // answers it itself (NOERROR); anything else (kube-dns through DNAT answers
 // NXDOMAIN) means the agent did not.
 func probe(ctx context.Context, addr netip.AddrPort, mark uint32, timeout time.Duration) (bool, time.Duration, string) {
-	d := net.Dialer{Timeout: timeout, Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			if mark != 0 {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-			}
-		})
-		return errors.Join(err, serr)
-	}}
-	conn, err := d.DialContext(ctx, "udp", addr.String())
-	if err != nil {
-		return false, 0, err.Error()
-	}
-	defer conn.Close()
-	c := &dns.Conn{Conn: conn}
-	m := new(dns.Msg)
-	m.SetQuestion(watchdog.ProbeName, dns.TypeA)
-	start := time.Now()
-	_ = c.SetDeadline(start.Add(timeout))
-	if err := c.WriteMsg(m); err != nil {
-		return false, 0, err.Error()
-	}
-	r, err := c.ReadMsg()
-	rtt := time.Since(start)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	r, rtt, err := watchdog.Probe(ctx, addr, mark)
 	switch {
 	case err != nil:
 		return false, 0, err.Error()

@@ -176,41 +176,49 @@ func (w *Watchdog) fencePresent() bool {
 	return false
 }
 
-// UDPProber returns a Prober that sends ProbeName A over UDP with firewall
-// mark set on the socket (which needs CAP_NET_ADMIN).
+// UDPProber returns a Prober that counts any answer to Probe as alive.
 func UDPProber(mark uint32) Prober {
 	return func(ctx context.Context, addr netip.AddrPort) error {
-		d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				if mark != 0 {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-				}
-			})
-			return errors.Join(err, serr)
-		}}
-		conn, err := d.DialContext(ctx, "udp", addr.String())
+		_, _, err := Probe(ctx, addr, mark)
+		return err
+	}
+}
+
+// Probe asks ProbeName A of addr over UDP from a socket that carries the
+// firewall mark (setting it needs CAP_NET_ADMIN; 0 sets none), within ctx's
+// deadline, and returns the answer and its round trip.
+func Probe(ctx context.Context, addr netip.AddrPort, mark uint32) (*dns.Msg, time.Duration, error) {
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if mark != 0 {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	conn, err := d.DialContext(ctx, "udp", addr.String())
+	if err != nil {
+		return nil, 0, fmt.Errorf("dialing %s: %w", addr, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	c := &dns.Conn{Conn: conn}
+	m := new(dns.Msg)
+	m.SetQuestion(ProbeName, dns.TypeA)
+	start := time.Now()
+	if err := c.WriteMsg(m); err != nil {
+		return nil, 0, err
+	}
+	for {
+		r, err := c.ReadMsg()
 		if err != nil {
-			return fmt.Errorf("dialing %s: %w", addr, err)
+			return nil, 0, err
 		}
-		defer conn.Close()
-		if dl, ok := ctx.Deadline(); ok {
-			_ = conn.SetDeadline(dl)
-		}
-		c := &dns.Conn{Conn: conn}
-		m := new(dns.Msg)
-		m.SetQuestion(ProbeName, dns.TypeA)
-		if err := c.WriteMsg(m); err != nil {
-			return err
-		}
-		for {
-			r, err := c.ReadMsg()
-			if err != nil {
-				return err
-			}
-			if r.Id == m.Id {
-				return nil
-			}
+		if r.Id == m.Id {
+			return r, time.Since(start), nil
 		}
 	}
 }
