@@ -283,8 +283,10 @@ func measureServer(ctx context.Context, o options, s *server, work string, rep i
 	return nil
 }
 
-func cpuKey(rate int) string      { return fmt.Sprintf("CPU per cache hit at %dk/s (µs)", rate/1000) }
-func achievedKey(rate int) string { return fmt.Sprintf("answered at %dk/s offered (queries/s)", rate/1000) }
+func cpuKey(rate int) string { return fmt.Sprintf("CPU per cache hit at %dk/s (µs)", rate/1000) }
+func achievedKey(rate int) string {
+	return fmt.Sprintf("answered at %dk/s offered (queries/s)", rate/1000)
+}
 
 // nodeView is the simulated node's figures: the same pod load through
 // DNAT and through the agent.
