@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -27,10 +26,12 @@ func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, er
 	if err := checkPrivileges(cfg); err != nil {
 		return nil, err
 	}
-	source := CorefileSource(cfg, log)
-	if _, err := source(); err != nil {
+	// The first rendering is checked here, before the node is touched; its
+	// error is the agent's exit message, so it is not also logged.
+	if _, err := renderCorefile(cfg); err != nil {
 		return nil, err
 	}
+	source := CorefileSource(cfg, log)
 	var steps []Step
 	if cfg.SetupInterface {
 		steps = append(steps, netif.NewManager(netif.Netlink{}, cfg.Interface, cfg.LocalIPs, log))
@@ -183,12 +184,22 @@ func (s *serverStep) Teardown() error {
 	return err
 }
 
-// CorefileSource returns the server.Source that renders cfg's Corefile
-// template (read again on every call, so that a changed ConfigMap is seen).
-// A template that does not read, render or parse is logged once per
-// distinct content and counted in a metric.
-func CorefileSource(cfg config.Config, log *slog.Logger) server.Source {
-	values := corefile.Values{
+// renderCorefile reads cfg's Corefile template (or takes the built-in one)
+// and renders it.
+func renderCorefile(cfg config.Config) (string, error) {
+	name, text := "built-in", corefile.Default
+	if cfg.CorefilePath != "" {
+		b, err := os.ReadFile(cfg.CorefilePath)
+		if err != nil {
+			return "", fmt.Errorf("reading Corefile template: %w", err)
+		}
+		name, text = cfg.CorefilePath, string(b)
+	}
+	return corefile.Render(name, text, corefileValues(cfg))
+}
+
+func corefileValues(cfg config.Config) corefile.Values {
+	return corefile.Values{
 		LocalIPs:        cfg.LocalIPs,
 		Upstreams:       cfg.Upstreams,
 		ClusterDomain:   cfg.ClusterDomain,
@@ -201,26 +212,23 @@ func CorefileSource(cfg config.Config, log *slog.Logger) server.Source {
 		SuccessCapacity: cfg.SuccessCapacity,
 		DenialCapacity:  cfg.DenialCapacity,
 	}
+}
+
+// CorefileSource returns the server.Source that renders cfg's Corefile
+// template (read again on every call, so that a changed ConfigMap is seen).
+// A template that does not read, render or parse is logged once per
+// distinct error and counted in a metric.
+func CorefileSource(cfg config.Config, log *slog.Logger) server.Source {
 	var (
 		mu      sync.Mutex
-		lastBad [sha256.Size]byte
+		lastBad string
 	)
 	return func() (string, error) {
-		name, text := "built-in", corefile.Default
-		if cfg.CorefilePath != "" {
-			b, err := os.ReadFile(cfg.CorefilePath)
-			if err != nil {
-				metrics.CorefileErrors.Inc()
-				return "", fmt.Errorf("reading Corefile template: %w", err)
-			}
-			name, text = cfg.CorefilePath, string(b)
-		}
-		out, err := corefile.Render(name, text, values)
+		out, err := renderCorefile(cfg)
 		if err != nil {
-			sum := sha256.Sum256([]byte(text))
 			mu.Lock()
-			fresh := sum != lastBad
-			lastBad = sum
+			fresh := err.Error() != lastBad
+			lastBad = err.Error()
 			mu.Unlock()
 			if fresh {
 				metrics.CorefileErrors.Inc()
@@ -228,6 +236,9 @@ func CorefileSource(cfg config.Config, log *slog.Logger) server.Source {
 			}
 			return "", err
 		}
+		mu.Lock()
+		lastBad = ""
+		mu.Unlock()
 		return out, nil
 	}
 }
