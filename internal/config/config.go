@@ -108,14 +108,10 @@ var ErrHelp = flag.ErrHelp
 // it touches nothing on the node.
 func Parse(args []string, getenv func(string) string, output io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("node-local-coredns", flag.ContinueOnError)
-	// Errors are returned as one line; usage is printed for --help only.
-	fs.SetOutput(io.Discard)
 	var (
-		localIPs    = fs.String("local-ip", "", "comma-separated IPs to take over and serve on (default: $"+kubeDNSHostEnv+")")
+		common      = addShared(fs, "comma-separated IPs to take over and serve on", "firewall mark of the watchdog's probes, let through to the agent even while fenced off (0: none)")
 		upstreamSvc = fs.String("upstream-svc", DefaultUpstreamService, "Service that receives cache misses, found through $<NAME>_SERVICE_HOST and $<NAME>_SERVICE_PORT_DNS")
 		upstreams   = fs.String("upstream", "", "comma-separated host[:port] upstreams; overrides --upstream-svc")
-		port        = fs.Uint("port", DefaultPort, "DNS port to serve on every local IP")
-		probeMark   = fs.Uint("probe-mark", DefaultProbeMark, "firewall mark of the watchdog's probes, let through to the agent even while fenced off (0: none)")
 		c           Config
 	)
 	fs.StringVar(&c.Interface, "interface", DefaultInterface, "interface that holds the local IPs; created as a dummy (or port-less bridge) when absent")
@@ -129,34 +125,16 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.BoolVar(&c.SetupInterface, "setup-interface", true, "add the local IPs to --interface")
 	fs.BoolVar(&c.SetupNetfilter, "setup-netfilter", true, "install the NOTRACK and ACCEPT rules")
 	fs.BoolVar(&c.DivertHostNetwork, "divert-host-network", false, "also take host-network clients off conntrack (not gated on a bound socket)")
-	fs.StringVar(&c.IptablesMode, "iptables-mode", "auto", "iptables backend: auto (the mode that holds the host's rules, as kube-proxy picks it), legacy or nft")
 	fs.StringVar(&c.HealthAddr, "health-addr", DefaultHealthAddr, "address of the health endpoint")
 	fs.StringVar(&c.ReadyAddr, "ready-addr", DefaultReadyAddr, "address of the readiness endpoint")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", DefaultMetricsAddr, "address of the Prometheus metrics endpoint")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(output)
-			fmt.Fprintln(output, "Usage: node-local-coredns [flags]\n       node-local-coredns --version | --plugins\n\nFlags:")
-			fs.PrintDefaults()
-		}
+	if err := parse(fs, args, output, "Usage: node-local-coredns [flags]\n       node-local-coredns watchdog|status [flags]\n       node-local-coredns --version | --plugins"); err != nil {
 		return Config{}, err
 	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-
 	var err error
-	if c.LocalIPs, err = resolveLocalIPs(*localIPs, getenv); err != nil {
+	if c.LocalIPs, c.Port, c.ProbeMark, c.IptablesMode, err = common.resolve(getenv); err != nil {
 		return Config{}, err
 	}
-	if *port == 0 || *port > 65535 {
-		return Config{}, &Error{Flag: "port", Err: fmt.Errorf("%d is not a port", *port)}
-	}
-	c.Port = uint16(*port)
-	if *probeMark > 0xffffffff {
-		return Config{}, &Error{Flag: "probe-mark", Err: fmt.Errorf("%#x is wider than 32 bits", *probeMark)}
-	}
-	c.ProbeMark = uint32(*probeMark)
 	c.UpstreamService = *upstreamSvc
 	if c.Upstreams, err = resolveUpstreams(*upstreams, *upstreamSvc, getenv); err != nil {
 		return Config{}, err
@@ -186,45 +164,26 @@ type Watchdog struct {
 // ParseWatchdog resolves the watchdog's configuration.
 func ParseWatchdog(args []string, getenv func(string) string, output io.Writer) (Watchdog, error) {
 	fs := flag.NewFlagSet("node-local-coredns watchdog", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var (
-		localIPs  = fs.String("local-ip", "", "comma-separated IPs the agent serves (default: $"+kubeDNSHostEnv+")")
-		port      = fs.Uint("port", DefaultPort, "the agent's DNS port")
-		probeMark = fs.Uint("probe-mark", DefaultProbeMark, "firewall mark of the probes; the same as the agent's --probe-mark")
-		w         Watchdog
+		common = addShared(fs, "comma-separated IPs the agent serves", "firewall mark of the probes; the same as the agent's --probe-mark")
+		w      Watchdog
 	)
 	fs.DurationVar(&w.Interval, "probe-interval", 250*time.Millisecond, "time between probes")
 	fs.DurationVar(&w.Timeout, "probe-timeout", 250*time.Millisecond, "how long one probe waits for its answer")
 	fs.DurationVar(&w.Silence, "silence", time.Second, "how long the agent may not answer before the node is taken off it")
-	fs.StringVar(&w.IptablesMode, "iptables-mode", "auto", "iptables backend: auto, legacy or nft")
 	fs.StringVar(&w.MetricsAddr, "metrics-addr", ":9254", "address of the watchdog's Prometheus metrics (empty: none)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(output)
-			fmt.Fprintln(output, "Usage: node-local-coredns watchdog [flags]\n\nFlags:")
-			fs.PrintDefaults()
-		}
+	if err := parse(fs, args, output, "Usage: node-local-coredns watchdog [flags]"); err != nil {
 		return Watchdog{}, err
 	}
 	var err error
-	if w.LocalIPs, err = resolveLocalIPs(*localIPs, getenv); err != nil {
+	if w.LocalIPs, w.Port, w.ProbeMark, w.IptablesMode, err = common.resolve(getenv); err != nil {
 		return Watchdog{}, err
 	}
-	if *port == 0 || *port > 65535 {
-		return Watchdog{}, &Error{Flag: "port", Err: fmt.Errorf("%d is not a port", *port)}
+	if w.ProbeMark == 0 {
+		return Watchdog{}, &Error{Flag: "probe-mark", Err: errors.New("the watchdog needs a mark other than 0")}
 	}
-	w.Port = uint16(*port)
-	if *probeMark == 0 || *probeMark > 0xffffffff {
-		return Watchdog{}, &Error{Flag: "probe-mark", Err: fmt.Errorf("%#x is not a 32-bit mark other than 0", *probeMark)}
-	}
-	w.ProbeMark = uint32(*probeMark)
 	if w.Interval < 10*time.Millisecond || w.Timeout <= 0 || w.Silence < w.Interval {
 		return Watchdog{}, &Error{Flag: "silence", Err: fmt.Errorf("need --probe-interval >= 10ms, --probe-timeout > 0 and --silence >= --probe-interval")}
-	}
-	switch w.IptablesMode {
-	case "auto", "legacy", "nft":
-	default:
-		return Watchdog{}, &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", w.IptablesMode)}
 	}
 	return w, nil
 }
@@ -248,48 +207,79 @@ type Status struct {
 // are the agent's, from the same environment.
 func ParseStatus(args []string, getenv func(string) string, output io.Writer) (Status, error) {
 	fs := flag.NewFlagSet("node-local-coredns status", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var (
-		localIPs    = fs.String("local-ip", "", "comma-separated IPs the agent serves (default: $"+kubeDNSHostEnv+")")
-		port        = fs.Uint("port", DefaultPort, "the agent's DNS port")
+		common      = addShared(fs, "comma-separated IPs the agent serves", "the agent's --probe-mark")
 		upstreamSvc = fs.String("upstream-svc", DefaultUpstreamService, "Service that receives cache misses")
 		upstreams   = fs.String("upstream", "", "comma-separated host[:port] upstreams; overrides --upstream-svc")
-		probeMark   = fs.Uint("probe-mark", DefaultProbeMark, "the agent's --probe-mark")
 		s           Status
 	)
 	fs.BoolVar(&s.DivertHostNetwork, "divert-host-network", false, "the agent's --divert-host-network")
-	fs.StringVar(&s.IptablesMode, "iptables-mode", "auto", "iptables backend: auto, legacy or nft")
 	fs.StringVar(&s.MetricsAddr, "metrics-addr", DefaultMetricsAddr, "the agent's --metrics-addr")
 	fs.DurationVar(&s.Timeout, "timeout", time.Second, "how long each probe waits")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(output)
-			fmt.Fprintln(output, "Usage: node-local-coredns status [flags]\n\nReports whether this node's DNS is served by the agent; exit code 0 only if it is.\n\nFlags:")
-			fs.PrintDefaults()
-		}
+	if err := parse(fs, args, output, "Usage: node-local-coredns status [flags]\n\nReports whether this node's DNS is served by the agent; exit code 0 only if it is."); err != nil {
 		return Status{}, err
 	}
 	var err error
-	if s.LocalIPs, err = resolveLocalIPs(*localIPs, getenv); err != nil {
+	if s.LocalIPs, s.Port, s.ProbeMark, s.IptablesMode, err = common.resolve(getenv); err != nil {
 		return Status{}, err
 	}
-	if *port == 0 || *port > 65535 {
-		return Status{}, &Error{Flag: "port", Err: fmt.Errorf("%d is not a port", *port)}
-	}
-	s.Port = uint16(*port)
 	if s.Upstreams, err = resolveUpstreams(*upstreams, *upstreamSvc, getenv); err != nil {
 		return Status{}, err
 	}
-	if *probeMark > 0xffffffff {
-		return Status{}, &Error{Flag: "probe-mark", Err: fmt.Errorf("%#x is wider than 32 bits", *probeMark)}
+	return s, nil
+}
+
+// shared holds the flags every command has: where the agent serves and the
+// mark and backend of its rules.
+type shared struct {
+	localIPs, mode *string
+	port, mark     *uint
+}
+
+func addShared(fs *flag.FlagSet, localIPHelp, markHelp string) *shared {
+	return &shared{
+		localIPs: fs.String("local-ip", "", localIPHelp+" (default: $"+kubeDNSHostEnv+")"),
+		port:     fs.Uint("port", DefaultPort, "DNS port served on every local IP"),
+		mark:     fs.Uint("probe-mark", DefaultProbeMark, markHelp),
+		mode:     fs.String("iptables-mode", "auto", "iptables backend: auto (the mode that holds the host's rules, as kube-proxy picks it), legacy or nft"),
 	}
-	s.ProbeMark = uint32(*probeMark)
-	switch s.IptablesMode {
+}
+
+// resolve checks the shared flags and finds the local IPs.
+func (s *shared) resolve(getenv func(string) string) (ips []netip.Addr, port uint16, mark uint32, mode string, err error) {
+	if ips, err = resolveLocalIPs(*s.localIPs, getenv); err != nil {
+		return nil, 0, 0, "", err
+	}
+	if *s.port == 0 || *s.port > 65535 {
+		return nil, 0, 0, "", &Error{Flag: "port", Err: fmt.Errorf("%d is not a port", *s.port)}
+	}
+	if *s.mark > 0xffffffff {
+		return nil, 0, 0, "", &Error{Flag: "probe-mark", Err: fmt.Errorf("%#x is wider than 32 bits", *s.mark)}
+	}
+	switch *s.mode {
 	case "auto", "legacy", "nft":
 	default:
-		return Status{}, &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", s.IptablesMode)}
+		return nil, 0, 0, "", &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", *s.mode)}
 	}
-	return s, nil
+	return ips, uint16(*s.port), uint32(*s.mark), *s.mode, nil
+}
+
+// parse parses args into fs, printing usage (headed by usage) to output
+// for --help only, and refuses positional arguments.
+func parse(fs *flag.FlagSet, args []string, output io.Writer, usage string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(output)
+			fmt.Fprintln(output, usage+"\n\nFlags:")
+			fs.PrintDefaults()
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
 }
 
 func resolveLocalIPs(value string, getenv func(string) string) ([]netip.Addr, error) {

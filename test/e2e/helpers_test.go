@@ -27,19 +27,32 @@ const rulesPerIP = 9
 // agent is stopped when t ends.
 func startAgent(t *testing.T, n *nodesim.Node, args ...string) *nodesim.Agent {
 	t.Helper()
+	return startBinary(t, n, "msg=serving", args...)
+}
+
+// startWatchdog runs the watchdog on n and waits until it watches.
+func startWatchdog(t *testing.T, n *nodesim.Node, args ...string) *nodesim.Agent {
+	t.Helper()
+	return startBinary(t, n, "msg=watching", append([]string{"watchdog"}, args...)...)
+}
+
+// startBinary runs the binary on n with args, waits for marker in its log
+// and stops it (showing its log if t failed) when t ends.
+func startBinary(t *testing.T, n *nodesim.Node, marker string, args ...string) *nodesim.Agent {
+	t.Helper()
 	a, err := n.StartAgent(binary, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if _, err := a.Stop(stopTimeout); err != nil {
-			t.Errorf("stopping agent: %v", err)
+			t.Errorf("stopping %v: %v", args, err)
 		}
 		if t.Failed() {
-			t.Logf("agent log:\n%s", a.Output())
+			t.Logf("log of %v:\n%s", args, a.Output())
 		}
 	})
-	if err := a.WaitLog(t.Context(), "msg=serving", 20*time.Second); err != nil {
+	if err := a.WaitLog(t.Context(), marker, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	return a
