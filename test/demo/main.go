@@ -41,6 +41,9 @@ func run(ctx context.Context, binary string, queries, names int, hop time.Durati
 		return fmt.Errorf("no agent binary (run make build): %w", err)
 	}
 	section("Building a simulated node")
+	if err := nodesim.Sweep("nlcdemo"); err != nil {
+		return err
+	}
 	n, err := nodesim.New(ctx, nodesim.Options{Prefix: "nlcdemo"})
 	if err != nil {
 		return err

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,8 +42,9 @@ var (
 
 // Options shape the simulated node.
 type Options struct {
-	// Prefix names the namespaces: <prefix>-node, <prefix>-pod1, ...;
-	// default "nlc-<random>".
+	// Prefix names the namespaces: <prefix>-<pid>-<random>-node,
+	// <prefix>-<pid>-<random>-pod1, ...; default "nlc". The process id lets
+	// Sweep remove what a killed process left behind.
 	Prefix string
 	// Pods is the number of pod namespaces (default 2).
 	Pods int
@@ -99,10 +101,11 @@ func Supported() string {
 // New builds a node. On error everything created so far is removed.
 func New(ctx context.Context, o Options) (n *Node, err error) {
 	if o.Prefix == "" {
-		b := make([]byte, 3)
-		_, _ = rand.Read(b)
-		o.Prefix = "nlc-" + hex.EncodeToString(b)
+		o.Prefix = "nlc"
 	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	o.Prefix = fmt.Sprintf("%s-%d-%s", o.Prefix, os.Getpid(), hex.EncodeToString(b))
 	if o.Pods == 0 {
 		o.Pods = 2
 	}
@@ -270,6 +273,40 @@ func (n *Node) Close() error {
 		}
 	}
 	n.created = nil
+	return errors.Join(errs...)
+}
+
+// Sweep deletes the namespaces that a simulated node of a process that no
+// longer runs left behind (named <prefix>-<pid>-...), for every prefix. It
+// never touches a namespace of a live process or one named otherwise.
+func Sweep(prefixes ...string) error {
+	entries, err := os.ReadDir("/var/run/netns")
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		for _, p := range prefixes {
+			rest, ok := strings.CutPrefix(e.Name(), p+"-")
+			if !ok {
+				continue
+			}
+			pidStr, _, ok := strings.Cut(rest, "-")
+			pid, err := strconv.Atoi(pidStr)
+			if !ok || err != nil || pid <= 0 {
+				continue
+			}
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+				continue // its process still runs
+			}
+			if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("deleting stale namespace %s: %w: %s", e.Name(), err, bytes.TrimSpace(out)))
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 
