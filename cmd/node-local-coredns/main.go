@@ -41,23 +41,19 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			return runStatus(args[1:], getenv, stdout, stderr)
 		}
 	}
-	for _, a := range args {
-		switch strings.TrimLeft(a, "-") {
-		case "version":
+	if len(args) == 1 {
+		switch args[0] {
+		case "--version", "-version":
 			fmt.Fprintln(stdout, "node-local-coredns", versionString())
 			return 0
-		case "plugins":
+		case "--plugins", "-plugins":
 			fmt.Fprintln(stdout, strings.Join(server.Plugins(), "\n"))
 			return 0
 		}
 	}
 	cfg, err := config.Parse(args, getenv, stderr)
-	if errors.Is(err, config.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "node-local-coredns:", err)
-		return 2
+	if code, done := parsed(err, stderr, "node-local-coredns"); done {
+		return code
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -79,6 +75,21 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	log.Info("stopped cleanly")
 	return 0
+}
+
+// parsed turns a configuration error into the exit code (0 for --help, 2
+// for a bad value, with one line on stderr); done is false when there was
+// no error.
+func parsed(err error, stderr io.Writer, command string) (code int, done bool) {
+	switch {
+	case err == nil:
+		return 0, false
+	case errors.Is(err, config.ErrHelp):
+		return 0, true
+	default:
+		fmt.Fprintln(stderr, command+":", err)
+		return 2, true
+	}
 }
 
 func versionString() string {

@@ -19,6 +19,9 @@ func TestRunExitCodesAndOutput(t *testing.T) {
 		{name: "help", args: []string{"--help"}, code: 0, wantStderr: "-local-ip"},
 		{name: "no ClusterIP", args: nil, code: 2, wantStderr: "node-local-coredns: --local-ip: no local IP: the kube-dns ClusterIP is not known (set --local-ip or $KUBE_DNS_SERVICE_HOST)\n"},
 		{name: "bad flag", args: []string{"--port=x"}, code: 2, wantStderr: "node-local-coredns: invalid value \"x\" for flag -port"},
+		{name: "a flag value named like a command", args: []string{"--interface", "version"}, code: 2, wantStderr: "--local-ip"},
+		{name: "watchdog bad flag", args: []string{"watchdog", "--silence=x"}, code: 2, wantStderr: "node-local-coredns watchdog: invalid value"},
+		{name: "status help", args: []string{"status", "--help"}, code: 0, wantStderr: "exit code 0 only if"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr strings.Builder

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 
 	"github.com/node-local-coredns/node-local-coredns/internal/config"
@@ -14,12 +12,8 @@ import (
 // really served by the agent, 1 when it is not, 2 on a bad flag.
 func runStatus(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	cfg, err := config.ParseStatus(args, getenv, stderr)
-	if errors.Is(err, config.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "node-local-coredns status:", err)
-		return 2
+	if code, done := parsed(err, stderr, "node-local-coredns status"); done {
+		return code
 	}
 	r := status.Check(context.Background(), cfg)
 	r.Write(stdout)

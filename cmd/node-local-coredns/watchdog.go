@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,12 +25,8 @@ import (
 // node off it while it is silent.
 func runWatchdog(args []string, getenv func(string) string, stderr io.Writer, log *slog.Logger) int {
 	cfg, err := config.ParseWatchdog(args, getenv, stderr)
-	if errors.Is(err, config.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "node-local-coredns watchdog:", err)
-		return 2
+	if code, done := parsed(err, stderr, "node-local-coredns watchdog"); done {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
