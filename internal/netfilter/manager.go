@@ -58,10 +58,15 @@ func (m *Manager) Name() string { return "rules" }
 func (m *Manager) SocketMatch() bool { return m.opts.SocketMatch && !m.socketFallback }
 
 // desired returns, for family f, the content of each of the agent's chains
-// by table.
+// by table, as the Manager installs them.
 func (m *Manager) desired(f Family) map[string]map[string][][]string {
+	return m.desiredWith(f, m.SocketMatch())
+}
+
+// desiredWith is desired with or without the socket match.
+func (m *Manager) desiredWith(f Family, socket bool) map[string]map[string][][]string {
 	opts := m.opts
-	opts.SocketMatch = m.SocketMatch()
+	opts.SocketMatch = socket
 	out := map[string]map[string][][]string{}
 	for _, h := range Hooks {
 		if out[h.Table] == nil {
@@ -236,10 +241,9 @@ func (m *Manager) inSync(t Tables, table string, chains map[string][][]string) (
 // whether they are gated on the socket.
 func (m *Manager) Installed() (ok, gated bool, err error) {
 	for _, socket := range []bool{true, false} {
-		m.socketFallback = !socket
 		all := true
 		for _, f := range m.families() {
-			for table, chains := range m.desired(f) {
+			for table, chains := range m.desiredWith(f, socket) {
 				in, err := m.inSync(m.tables[f], table, chains)
 				if err != nil {
 					return false, false, err

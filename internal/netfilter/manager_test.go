@@ -162,3 +162,36 @@ func TestNewManagerNeedsEveryFamily(t *testing.T) {
 		t.Error("a manager for an IPv6 address without IPv6 tables was created")
 	}
 }
+
+// Installed tells rules in place, gated or not, from rules missing, and
+// does not change what the Manager would install.
+func TestInstalled(t *testing.T) {
+	m, fakes := newTestManager(t, "10.0.0.10")
+	if ok, _, err := m.Installed(); err != nil || ok {
+		t.Fatalf("before setup: installed %t (%v)", ok, err)
+	}
+	if err := m.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, gated, err := m.Installed(); err != nil || !ok || !gated {
+		t.Errorf("after setup: installed %t, gated %t (%v); want both", ok, gated, err)
+	}
+	if !m.SocketMatch() {
+		t.Error("Installed changed the Manager's socket match")
+	}
+	fakes[IPv4].chains["raw/NLCOREDNS-PREROUTING"] = nil
+	if ok, _, _ := m.Installed(); ok {
+		t.Error("installed with the PREROUTING rules gone")
+	}
+
+	ungated, fakes := newTestManager(t, "10.0.0.10")
+	fakes[IPv4].refuseSocket = true
+	if err := ungated.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	checker, _ := newTestManager(t, "10.0.0.10")
+	checker.tables = map[Family]Tables{IPv4: fakes[IPv4]}
+	if ok, gated, err := checker.Installed(); err != nil || !ok || gated {
+		t.Errorf("ungated rules: installed %t, gated %t (%v); want installed, not gated", ok, gated, err)
+	}
+}
