@@ -13,6 +13,8 @@ import (
 
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
+
+	"github.com/node-local-coredns/node-local-coredns/plugin/fastcache"
 )
 
 const serverType = "dns"
@@ -50,6 +52,7 @@ var (
 
 func installHooks() {
 	hookOnce.Do(func() {
+		fastcache.Register()
 		caddy.Quiet = true
 		dnsserver.Quiet = true
 		caddy.SetDefaultCaddyfileLoader("node-local-coredns", caddy.LoaderFunc(load))

@@ -1,0 +1,374 @@
+package fastcache
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// conn is the fast path's own UDP socket on a server's address, in the
+// address's SO_REUSEPORT group. It is a net.PacketConn for miekg/dns's
+// server, which reads the queries the fast path passes on: ReadFrom reads
+// batches of packets (recvmmsg), answers the cache hits in place, sends the
+// answers in a batch (sendmmsg), and returns the first packet it does not
+// answer. The socket is blocking and never in Go's network poller: the
+// reading thread sleeps in recvmmsg until a packet arrives.
+type conn struct {
+	fd    int
+	local *net.UDPAddr
+	l     *listener
+
+	// mu orders Close against the reader and the writers: the descriptor
+	// is closed only when no one uses it, so that its number cannot be
+	// reused under them.
+	mu       sync.RWMutex
+	reading  bool
+	closed   atomic.Bool
+	deadline atomic.Int64 // read deadline, Unix nanoseconds; 0 is none
+
+	// The reader's state: one goroutine reads.
+	rx   batch
+	next int // next packet of rx to look at
+	tx   batch
+	key  [maxKey]byte
+	q    query
+	// at is when the packets of rx were read.
+	at time.Time
+}
+
+// batchSize is how many packets one recvmmsg or sendmmsg moves at most.
+const batchSize = 32
+
+// rxBuf is the size of a receive buffer: larger queries are cut, as the
+// kernel cuts them for miekg/dns's 512-byte reads.
+const rxBuf = 4096
+
+// pollInterval bounds how long a read blocks before it looks at the read
+// deadline and at Close.
+const pollInterval = 200 * time.Millisecond
+
+type mmsghdr struct {
+	hdr unix.Msghdr
+	n   uint32
+	_   [4]byte
+}
+
+type batch struct {
+	hdrs  [batchSize]mmsghdr
+	iovs  [batchSize]unix.Iovec
+	names [batchSize]unix.RawSockaddrInet6
+	bufs  [batchSize][]byte
+	n     int
+}
+
+func (b *batch) init(size int) {
+	for i := range b.hdrs {
+		b.bufs[i] = make([]byte, size)
+		b.iovs[i].Base = &b.bufs[i][0]
+		b.iovs[i].SetLen(size)
+		b.hdrs[i].hdr.Iov = &b.iovs[i]
+		b.hdrs[i].hdr.SetIovlen(1)
+		b.hdrs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		b.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet6
+	}
+}
+
+// listen opens the fast path's socket on addr.
+func listen(addr netip.AddrPort) (*conn, error) {
+	family := unix.AF_INET
+	if addr.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("opening UDP socket for %s: %w", addr, err)
+	}
+	c := &conn{fd: fd, local: net.UDPAddrFromAddrPort(addr)}
+	tv := unix.NsecToTimeval(pollInterval.Nanoseconds())
+	for _, o := range []struct {
+		name string
+		err  error
+	}{
+		{"SO_REUSEADDR", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)},
+		{"SO_REUSEPORT", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)},
+		{"SO_RCVTIMEO", unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)},
+	} {
+		if o.err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("setting %s on %s: %w", o.name, addr, o.err)
+		}
+	}
+	if family == unix.AF_INET6 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("setting IPV6_V6ONLY on %s: %w", addr, err)
+		}
+	}
+	if err := unix.Bind(fd, sockaddr(addr)); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("binding %s: %w", addr, err)
+	}
+	c.rx.init(rxBuf)
+	c.tx.init(maxFastAnswer)
+	return c, nil
+}
+
+func sockaddr(a netip.AddrPort) unix.Sockaddr {
+	if a.Addr().Is4() {
+		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+}
+
+// peer reads the address of packet i of b.
+func (b *batch) peer(i int) (netip.AddrPort, bool) {
+	rsa := &b.names[i]
+	switch rsa.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		port := uint16(sa.Port>>8 | sa.Port<<8)
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), true
+	case unix.AF_INET6:
+		port := uint16(rsa.Port>>8 | rsa.Port<<8)
+		return netip.AddrPortFrom(netip.AddrFrom16(rsa.Addr), port), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// ReadFrom implements net.PacketConn: it returns the next packet the fast
+// path does not answer itself.
+func (c *conn) ReadFrom(b []byte) (int, net.Addr, error) {
+	c.mu.Lock()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return 0, nil, net.ErrClosed
+	}
+	c.reading = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.reading = false
+		if c.closed.Load() {
+			c.closeFD()
+		}
+		c.mu.Unlock()
+	}()
+	for {
+		for c.next < c.rx.n {
+			i := c.next
+			c.next++
+			h := &c.rx.hdrs[i]
+			p := c.rx.bufs[i][:min(int(h.n), rxBuf)]
+			if h.hdr.Flags&unix.MSG_TRUNC == 0 && c.serve(i, p) {
+				continue
+			}
+			peer, ok := c.rx.peer(i)
+			if !ok {
+				continue
+			}
+			if err := c.flush(); err != nil {
+				return 0, nil, err
+			}
+			return copy(b, p), net.UDPAddrFromAddrPort(peer), nil
+		}
+		if err := c.flush(); err != nil {
+			return 0, nil, err
+		}
+		if err := c.receive(); err != nil {
+			return 0, nil, err
+		}
+	}
+}
+
+// serve answers packet i from the cache, queueing the answer, and reports
+// whether it did.
+func (c *conn) serve(i int, p []byte) bool {
+	t := &c.tx
+	out := t.bufs[t.n][:cap(t.bufs[t.n])]
+	resp, f, ok := c.l.answer(p, c.key[:], out, &c.q)
+	if !ok {
+		return false
+	}
+	t.iovs[t.n].SetLen(len(resp))
+	t.hdrs[t.n].hdr.Name = (*byte)(unsafe.Pointer(&c.rx.names[i]))
+	t.hdrs[t.n].hdr.Namelen = c.rx.hdrs[i].hdr.Namelen
+	t.n++
+	f.m.hit(c.l.addr, &c.q, c.rx.names[i].Family == unix.AF_INET6, len(p), len(resp), int(resp[3]&0x0f), c.at)
+	if t.n == batchSize {
+		if err := c.flush(); err != nil {
+			return true // counted as answered; the loss is the kernel's
+		}
+	}
+	return true
+}
+
+// receive blocks until at least one packet is there, then takes what is
+// queued, up to a batch.
+func (c *conn) receive() error {
+	c.next, c.rx.n = 0, 0
+	for {
+		if c.closed.Load() {
+			return net.ErrClosed
+		}
+		if d := c.deadline.Load(); d != 0 && time.Now().UnixNano() >= d {
+			return os.ErrDeadlineExceeded
+		}
+		for i := range c.rx.hdrs {
+			c.rx.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet6
+			c.rx.hdrs[i].hdr.Flags = 0
+		}
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&c.rx.hdrs[0])), batchSize, unix.MSG_WAITFORONE, 0, 0)
+		switch errno {
+		case 0:
+			c.rx.n = int(n)
+			c.at = time.Now()
+			return nil
+		case unix.EAGAIN, unix.EINTR:
+			continue
+		default:
+			if c.closed.Load() {
+				return net.ErrClosed
+			}
+			return fmt.Errorf("reading from %s: %w", c.local, errno)
+		}
+	}
+}
+
+// flush sends the queued answers.
+func (c *conn) flush() error {
+	t := &c.tx
+	for sent := 0; sent < t.n; {
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&t.hdrs[sent])), uintptr(t.n-sent), 0, 0, 0)
+		switch errno {
+		case 0:
+			sent += int(n)
+		case unix.EINTR:
+		default:
+			// An answer the kernel refuses (a full buffer, an unreachable
+			// client) is dropped, as it would be with sendmsg.
+			sent++
+		}
+	}
+	t.n = 0
+	return nil
+}
+
+// WriteTo implements net.PacketConn: the plugin chain's answers.
+func (c *conn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return 0, fmt.Errorf("writing to %v: not a UDP address", addr)
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	ap := ua.AddrPort()
+	if c.local.IP.To4() != nil {
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if err := unix.Sendto(c.fd, b, 0, sockaddr(ap)); err != nil {
+		return 0, fmt.Errorf("writing to %s: %w", ap, err)
+	}
+	return len(b), nil
+}
+
+// Close implements net.PacketConn. A read in progress returns within the
+// poll interval; the socket is closed then.
+func (c *conn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Swap(true) {
+		return nil
+	}
+	// A reader blocked in recvmmsg returns with the shutdown and closes
+	// the socket on its way out.
+	_ = unix.Shutdown(c.fd, unix.SHUT_RD)
+	if !c.reading {
+		c.closeFD()
+	}
+	return nil
+}
+
+func (c *conn) closeFD() {
+	if c.fd >= 0 {
+		unix.Close(c.fd)
+		c.fd = -1
+	}
+}
+
+// LocalAddr implements net.PacketConn.
+func (c *conn) LocalAddr() net.Addr { return c.local }
+
+// SetDeadline implements net.PacketConn.
+func (c *conn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
+
+// SetReadDeadline implements net.PacketConn. miekg/dns sets a deadline in the
+// past to stop its reader.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	if t.IsZero() {
+		c.deadline.Store(0)
+	} else {
+		c.deadline.Store(t.UnixNano())
+	}
+	return nil
+}
+
+// SetWriteDeadline implements net.PacketConn; writes do not block long.
+func (c *conn) SetWriteDeadline(time.Time) error { return nil }
+
+// detachOthers detaches every other unconnected UDP socket of this process
+// bound to addr (CoreDNS's own), by connecting it to the discard port of
+// loopback: the kernel then delivers the address's queries to the fast
+// path's socket alone. CoreDNS's server keeps running on its socket and
+// answers nothing but what was already queued.
+func detachOthers(addr netip.AddrPort, keep int) error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("listing own sockets: %w", err)
+	}
+	var errs []error
+	for _, e := range ents {
+		var fd int
+		if _, err := fmt.Sscan(e.Name(), &fd); err != nil || fd == keep {
+			continue
+		}
+		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_DGRAM {
+			continue
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil || !sameAddr(sa, addr) {
+			continue
+		}
+		if _, err := unix.Getpeername(fd); err == nil {
+			continue
+		}
+		var peer unix.Sockaddr = &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}
+		if addr.Addr().Is6() {
+			peer = &unix.SockaddrInet6{Port: 9, Addr: netip.IPv6Loopback().As16()}
+		}
+		if err := unix.Connect(fd, peer); err != nil {
+			errs = append(errs, fmt.Errorf("detaching socket %d on %s: %w", fd, addr, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func sameAddr(sa unix.Sockaddr, a netip.AddrPort) bool {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return a.Addr().Is4() && sa.Port == int(a.Port()) && sa.Addr == a.Addr().As4()
+	case *unix.SockaddrInet6:
+		return a.Addr().Is6() && sa.Port == int(a.Port()) && sa.Addr == a.Addr().As16()
+	}
+	return false
+}

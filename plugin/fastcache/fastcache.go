@@ -1,0 +1,136 @@
+// Package fastcache is CoreDNS's cache with a fast path in front: cache hits
+// for plain UDP queries are answered from stored wire bytes by the goroutine
+// that read the packet, without unpacking the query or running the plugin
+// chain. Everything else, and every answer stored, comes from CoreDNS's own
+// cache plugin, configured by the same options, so that the Corefile means
+// what it says and the answers are CoreDNS's.
+package fastcache
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/coredns/coredns/plugin"
+	"github.com/miekg/dns"
+)
+
+// FastCache is the plugin handler.
+type FastCache struct {
+	Next plugin.Handler
+
+	// cache is CoreDNS's cache plugin, whose next handler is an upstream
+	// marker in front of Next.
+	cache plugin.Handler
+	opts  options
+	store *store
+	// zone is the server block's zone, the one the fast path routes by.
+	zone string
+	// fast is set at start-up when the plugins before this one in the
+	// chain have no effect on a cache hit (see eligible).
+	fast atomic.Bool
+	m    *zoneMetrics
+}
+
+// Name implements plugin.Handler.
+func (f *FastCache) Name() string { return pluginName }
+
+// ServeDNS implements plugin.Handler. It hands the query to CoreDNS's cache;
+// when that answers from its cache (a hit, fresh, not served stale), the
+// answer it wrote is stored for the fast path.
+func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	if !f.fast.Load() || f.opts.keepTTL {
+		return f.cache.ServeDNS(ctx, w, r)
+	}
+	wire, err := r.Pack()
+	if err != nil {
+		return f.cache.ServeDNS(ctx, w, r)
+	}
+	var (
+		q   query
+		buf [maxKey]byte
+	)
+	now := f.store.now()
+	if !parseQuery(wire, buf[:], &q) || f.store.get(q.key, now) != nil {
+		return f.cache.ServeDNS(ctx, w, r)
+	}
+	mark := new(atomic.Bool)
+	cw := &captureWriter{ResponseWriter: w}
+	rc, err := f.cache.ServeDNS(context.WithValue(ctx, markKey{}, mark), cw, r)
+	if cw.msg != nil && !mark.Load() {
+		f.capture(q.key, cw.msg, now)
+	}
+	return rc, err
+}
+
+// capture stores m, the answer CoreDNS's cache wrote for a hit, as it went
+// to the client (scrubbed: OPT record added, possibly truncated), unless it
+// cannot be served again as is: truncated, with no record to age, or served
+// stale (TTL 0, or the configured stale TTL).
+func (f *FastCache) capture(key []byte, m *dns.Msg, now int64) {
+	if m.Truncated || len(m.Question) != 1 {
+		return
+	}
+	// Packed uncompressed, as CoreDNS sends every answer that fits: the
+	// question's case is patched per query and must not leak into the
+	// records' owner names through compression pointers.
+	compress := m.Compress
+	m.Compress = false
+	resp, err := m.Pack()
+	m.Compress = compress
+	if err != nil || len(resp) > maxFastAnswer {
+		return
+	}
+	l, err := parseLayout(resp)
+	if err != nil || l.ttl == 0 || (f.opts.staleTTL > 0 && l.ttl == f.opts.staleTTL) {
+		return
+	}
+	life := l.ttl
+	if f.opts.prefetch > 0 {
+		// Leave the last part of the TTL to the cache, whose hits count
+		// towards prefetching.
+		life -= l.ttl * uint32(f.opts.percentage) / 100
+	}
+	if life == 0 {
+		return
+	}
+	e := &entry{resp: resp, l: l, stored: now, until: now + int64(life)*int64(time.Second)}
+	f.store.put(key, e)
+	f.m.size.Set(float64(f.store.len()))
+}
+
+// maxFastAnswer is the largest answer the fast path sends: above it CoreDNS
+// compresses UDP answers to avoid fragmentation (1220 bytes over IPv6).
+const maxFastAnswer = 1220
+
+// captureWriter remembers the message written through it.
+type captureWriter struct {
+	dns.ResponseWriter
+	msg *dns.Msg
+}
+
+func (c *captureWriter) WriteMsg(m *dns.Msg) error {
+	err := c.ResponseWriter.WriteMsg(m)
+	if err == nil {
+		c.msg = m
+	}
+	return err
+}
+
+type markKey struct{}
+
+// upstream sits between CoreDNS's cache and the rest of the chain and marks
+// the request as a miss when the cache passes it on.
+type upstream struct{ next plugin.Handler }
+
+func (u upstream) Name() string { return pluginName }
+
+func (u upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	if mark, ok := ctx.Value(markKey{}).(*atomic.Bool); ok {
+		mark.Store(true)
+	}
+	if u.next == nil {
+		return plugin.NextOrFailure(pluginName, nil, ctx, w, r)
+	}
+	return u.next.ServeDNS(ctx, w, r)
+}

@@ -1,0 +1,244 @@
+package fastcache
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/forward"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/whoami"
+	_ "github.com/coredns/coredns/plugin/bind"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// upstream is an authoritative server for example.org standing in for
+// kube-dns: deterministic answers of every shape the differential test
+// needs.
+func authServer(t *testing.T) string {
+	t.Helper()
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	soa := rr("example.org. 60 IN SOA ns.example.org. hostmaster.example.org. 1 7200 3600 1209600 30")
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		q := r.Question[0]
+		name := strings.ToLower(q.Name)
+		switch {
+		case name == "a.example.org." && q.Qtype == dns.TypeA:
+			m.Answer = []dns.RR{rr(q.Name + " 300 IN A 192.0.2.1"), rr(q.Name + " 300 IN A 192.0.2.2")}
+		case name == "a.example.org." && q.Qtype == dns.TypeAAAA:
+			m.Answer = []dns.RR{rr(q.Name + " 300 IN AAAA 2001:db8::1")}
+		case name == "a.example.org.":
+			m.Ns = []dns.RR{soa} // NODATA
+		case name == "cname.example.org.":
+			m.Answer = []dns.RR{rr(q.Name + " 300 IN CNAME c2.example.org."), rr("c2.example.org. 300 IN CNAME a.example.org."), rr("a.example.org. 300 IN A 192.0.2.1")}
+		case name == "_dns._udp.example.org." && q.Qtype == dns.TypeSRV:
+			m.Answer = []dns.RR{rr(q.Name + " 300 IN SRV 0 100 53 a.example.org.")}
+			m.Extra = []dns.RR{rr("a.example.org. 300 IN A 192.0.2.1")}
+		case name == "1.2.0.192.in-addr.arpa." && q.Qtype == dns.TypePTR:
+			m.Answer = []dns.RR{rr(q.Name + " 300 IN PTR a.example.org.")}
+		case name == "txt.example.org." && q.Qtype == dns.TypeTXT:
+			m.Answer = []dns.RR{rr(q.Name + ` 300 IN TXT "v=spf1 -all" "second string"`)}
+		case name == "big.example.org.":
+			for i := range 60 {
+				m.Answer = append(m.Answer, rr(fmt.Sprintf("%s 300 IN A 198.51.100.%d", q.Name, i+1)))
+			}
+		case name == "mid.example.org.":
+			for i := range 24 {
+				m.Answer = append(m.Answer, rr(fmt.Sprintf("%s 300 IN A 198.51.100.%d", q.Name, i+1)))
+			}
+		default:
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{soa}
+		}
+		if o := r.IsEdns0(); o != nil {
+			m.SetEdns0(4096, o.Do())
+			if o.Do() {
+				m.AuthenticatedData = true
+			}
+		}
+		_ = w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	us := &dns.Server{PacketConn: pc, Handler: h}
+	ts := &dns.Server{Listener: ln, Handler: h}
+	go us.ActivateAndServe()
+	go ts.ActivateAndServe()
+	t.Cleanup(func() { us.Shutdown(); ts.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().(*net.UDPAddr).Port
+}
+
+// startCoreDNS starts CoreDNS on 127.0.0.1 with the Corefile body
+// (without its first line) under a zone block and returns its address.
+func startCoreDNS(t *testing.T, zones, body string) string {
+	t.Helper()
+	Register()
+	dnsserver.Quiet = true
+	port := freePort(t)
+	var blocks []string
+	for _, z := range strings.Fields(zones) {
+		blocks = append(blocks, fmt.Sprintf("%s:%d {\n    bind 127.0.0.1\n%s\n}\n", z, port, body))
+	}
+	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(strings.Join(blocks, "")), ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatalf("starting CoreDNS: %v", err)
+	}
+	t.Cleanup(func() {
+		inst.Stop()
+		inst.ShutdownCallbacks()
+	})
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+type probe struct {
+	name    string
+	qtype   uint16
+	edns    bool
+	do      bool
+	cd, ad  bool
+	bufsize uint16
+	// fast is whether the fast path answers it once stored.
+	fast bool
+}
+
+func (p probe) msg() *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(p.name, p.qtype)
+	m.CheckingDisabled = p.cd
+	m.AuthenticatedData = p.ad
+	if p.edns {
+		m.SetEdns0(p.bufsize, p.do)
+	}
+	return m
+}
+
+// normal is m as text with the ID and every TTL but the OPT record's set to
+// zero: what the differential test compares.
+func normal(m *dns.Msg) string {
+	m = m.Copy()
+	m.Id = 0
+	for _, s := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, r := range s {
+			if r.Header().Rrtype != dns.TypeOPT {
+				r.Header().Ttl = 0
+			}
+		}
+	}
+	return m.String()
+}
+
+func exchange(t *testing.T, net, addr string, m *dns.Msg) *dns.Msg {
+	t.Helper()
+	c := &dns.Client{Net: net, Timeout: 2 * time.Second, UDPSize: 65535}
+	r, _, err := c.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("%s %s to %s: %v", dns.TypeToString[m.Question[0].Qtype], m.Question[0].Name, addr, err)
+	}
+	return r
+}
+
+// TestDifferential sends the same queries to fastcache and to CoreDNS's
+// cache (three times each: a miss, a hit the fast path stores, a hit it
+// answers) and compares all of each answer but the ID and the TTLs.
+func TestDifferential(t *testing.T) {
+	up := authServer(t)
+	body := "    errors\n    %s {\n        success 1000 30\n        denial 1000 5\n    }\n    forward . " + up
+	fast := startCoreDNS(t, ". node-local-coredns.invalid.", fmt.Sprintf(body, "fastcache"))
+	stock := startCoreDNS(t, ". node-local-coredns.invalid.", fmt.Sprintf(body, "cache"))
+
+	probes := []probe{
+		{name: "a.example.org.", qtype: dns.TypeA, fast: true},
+		{name: "a.example.org.", qtype: dns.TypeAAAA, fast: true},
+		{name: "A.ExAmPlE.oRg.", qtype: dns.TypeA, fast: true},
+		{name: "cname.example.org.", qtype: dns.TypeA, fast: true},
+		{name: "CNAME.example.org.", qtype: dns.TypeA, fast: true},
+		{name: "_dns._udp.example.org.", qtype: dns.TypeSRV, fast: true},
+		{name: "1.2.0.192.in-addr.arpa.", qtype: dns.TypePTR, fast: true},
+		{name: "txt.example.org.", qtype: dns.TypeTXT, fast: true},
+		{name: "nx.example.org.", qtype: dns.TypeA, fast: true},
+		{name: "Nx.Example.org.", qtype: dns.TypeAAAA, fast: true},
+		{name: "a.example.org.", qtype: dns.TypeMX, fast: true},
+		{name: "a.example.org.", qtype: dns.TypeA, edns: true, bufsize: 1232, fast: true},
+		{name: "a.example.org.", qtype: dns.TypeA, edns: true, bufsize: 4096, do: true, fast: true},
+		{name: "a.example.org.", qtype: dns.TypeA, edns: true, bufsize: 512, do: true, cd: true, fast: true},
+		{name: "a.example.org.", qtype: dns.TypeA, edns: true, bufsize: 100, ad: true, fast: true},
+		{name: "a.example.org.", qtype: dns.TypeA, ad: true, fast: true},
+		{name: "mid.example.org.", qtype: dns.TypeA, edns: true, bufsize: 1232, fast: true},
+		// Too large for the client: truncated by CoreDNS, never fast.
+		{name: "mid.example.org.", qtype: dns.TypeA},
+		{name: "big.example.org.", qtype: dns.TypeA},
+		{name: "big.example.org.", qtype: dns.TypeA, edns: true, bufsize: 1232},
+		// Large answers are compressed by CoreDNS: left to it.
+		{name: "big.example.org.", qtype: dns.TypeA, edns: true, bufsize: 4096},
+		// DS is routed by CoreDNS's server to the parent zone.
+		{name: "a.example.org.", qtype: dns.TypeDS},
+		// Answered by whoami in its own block: not cached at all.
+		{name: "node-local-coredns.invalid.", qtype: dns.TypeA},
+	}
+	for _, p := range probes {
+		t.Run(fmt.Sprintf("%s/%s/edns=%v,do=%v,cd=%v,ad=%v,size=%d", p.name, dns.TypeToString[p.qtype], p.edns, p.do, p.cd, p.ad, p.bufsize), func(t *testing.T) {
+			var got, want *dns.Msg
+			var before float64
+			for range 3 {
+				before = testutil.ToFloat64(hits.WithLabelValues("."))
+				got = exchange(t, "udp", fast, p.msg())
+				want = exchange(t, "udp", stock, p.msg())
+			}
+			if g, w := normal(got), normal(want); g != w {
+				t.Errorf("fastcache answered\n%s\nCoreDNS's cache answered\n%s", g, w)
+			}
+			// The IDs match (the client checks); the TTLs are the cache's
+			// capped 30 s (5 s for denials), aged by at most a second.
+			for _, s := range [][]dns.RR{got.Answer, got.Ns, got.Extra} {
+				for _, r := range s {
+					if ttl := r.Header().Ttl; r.Header().Rrtype != dns.TypeOPT && (ttl > 30 || ttl < 3) {
+						t.Errorf("TTL %d in %s", ttl, r)
+					}
+				}
+			}
+			served := testutil.ToFloat64(hits.WithLabelValues(".")) - before
+			if p.fast && served != 1 {
+				t.Errorf("fast path answered %v of the third query, want it", served)
+			}
+			if !p.fast && served != 0 {
+				t.Errorf("fast path answered %v queries it should leave to CoreDNS", served)
+			}
+			// Over TCP, both are CoreDNS's cache.
+			if g, w := normal(exchange(t, "tcp", fast, p.msg())), normal(exchange(t, "tcp", stock, p.msg())); g != w {
+				t.Errorf("over TCP fastcache answered\n%s\nCoreDNS's cache answered\n%s", g, w)
+			}
+		})
+	}
+}

@@ -1,0 +1,190 @@
+package fastcache
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/miekg/dns"
+)
+
+// listener is the fast path on one address: its socket, the fastcache of
+// each zone served there, and the CoreDNS server that answers what the fast
+// path does not.
+type listener struct {
+	addr string
+	// zones maps a zone's lowercased wire name to the fastcache of its
+	// server block; replaced whole on change.
+	zones atomic.Pointer[map[string]*FastCache]
+	srv   atomic.Pointer[dnsserver.Server]
+
+	conn *conn
+	dns  *dns.Server
+}
+
+// registry holds the listeners of the process by address. The listeners
+// outlive CoreDNS's reloads: a reload registers the new server blocks'
+// fastcaches and points the listener at the new server, then the old
+// instance's shutdown takes its fastcaches out.
+type registry struct {
+	mu sync.Mutex
+	m  map[string]*listener
+}
+
+var listeners = &registry{m: map[string]*listener{}}
+
+func zoneKey(zone string) string {
+	buf := make([]byte, maxName+1)
+	n, err := dns.PackDomainName(dns.Fqdn(strings.ToLower(zone)), buf, 0, nil, false)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:n])
+}
+
+func (r *registry) register(addr string, f *FastCache) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.m[addr]
+	if l == nil {
+		l = &listener{addr: addr}
+		empty := map[string]*FastCache{}
+		l.zones.Store(&empty)
+		r.m[addr] = l
+	}
+	old := *l.zones.Load()
+	zones := make(map[string]*FastCache, len(old)+1)
+	for k, v := range old {
+		zones[k] = v
+	}
+	zones[zoneKey(f.zone)] = f
+	l.zones.Store(&zones)
+}
+
+// unregister takes f out of addr's listener and stops the listener when no
+// fastcache is left there.
+func (r *registry) unregister(addr string, f *FastCache) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.m[addr]
+	if l == nil {
+		return
+	}
+	old := *l.zones.Load()
+	k := zoneKey(f.zone)
+	if old[k] != f {
+		return // replaced by a reload
+	}
+	zones := make(map[string]*FastCache, len(old))
+	for z, v := range old {
+		if z != k {
+			zones[z] = v
+		}
+	}
+	l.zones.Store(&zones)
+	if len(zones) > 0 {
+		return
+	}
+	delete(r.m, addr)
+	l.stop()
+}
+
+func (l *listener) stop() {
+	if l.dns != nil {
+		_ = l.dns.Shutdown()
+	} else if l.conn != nil {
+		_ = l.conn.Close()
+	}
+}
+
+// attach is the dnsserver.Config.UDPDecorateWriterFunc of every server
+// block with fastcache: CoreDNS calls it as it starts serving UDP on an
+// address. It starts the fast path there (once; later calls, after a
+// reload, point it at the new server) and decorates nothing.
+func attach(s *dnsserver.Server) dns.DecorateWriter {
+	listeners.mu.Lock()
+	defer listeners.mu.Unlock()
+	l := listeners.m[s.Addr]
+	if l == nil {
+		return nil
+	}
+	l.srv.Store(s)
+	if l.conn != nil {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(strings.TrimPrefix(s.Addr, "dns://"))
+	if err != nil || ap.Addr().IsUnspecified() {
+		// A wildcard address needs the destination of each query to answer
+		// from it; the fast path serves addresses of their own (bind).
+		log.Infof("%s: fast path off: it needs a server block bound to an address (bind)", s.Addr)
+		return nil
+	}
+	c, err := listen(ap)
+	if err != nil {
+		log.Errorf("%s: fast path off: %v", s.Addr, err)
+		return nil
+	}
+	c.l = l
+	l.conn = c
+	l.dns = &dns.Server{PacketConn: c, Net: "udp", Handler: dns.HandlerFunc(l.serveDNS)}
+	go func() {
+		if err := l.dns.ActivateAndServe(); err != nil && !c.closed.Load() {
+			log.Errorf("%s: fast path stopped: %v", s.Addr, err)
+		}
+	}()
+	if err := detachOthers(ap, c.fd); err != nil {
+		log.Warningf("%s: %v; CoreDNS's socket shares the queries with the fast path", s.Addr, err)
+	}
+	return nil
+}
+
+// serveDNS hands a query the fast path did not answer to CoreDNS's server,
+// as CoreDNS's own UDP server does.
+func (l *listener) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
+	s := l.srv.Load()
+	ctx := context.WithValue(context.Background(), dnsserver.Key{}, s)
+	ctx = context.WithValue(ctx, dnsserver.LoopKey{}, 0)
+	s.ServeDNS(ctx, w, r)
+}
+
+// route returns the fastcache of the longest zone that contains the wire
+// name, the one CoreDNS's server would hand the query to if that zone's
+// server block has fastcache. When a longer zone without fastcache takes the
+// name, the fastcache returned has never stored an answer for it, because
+// only the queries routed to it fill it.
+func (l *listener) route(name []byte) *FastCache {
+	zones := *l.zones.Load()
+	for off := 0; off < len(name); off += int(name[off]) + 1 {
+		if f := zones[string(name[off:])]; f != nil {
+			return f
+		}
+	}
+	return nil
+}
+
+// answer writes into out the fast path's answer to packet p, parsing the
+// query into q with key as scratch space, and reports whether there is one.
+func (l *listener) answer(p, key, out []byte, q *query) ([]byte, *FastCache, bool) {
+	if !parseQuery(p, key, q) {
+		return nil, nil, false
+	}
+	f := l.route(q.key[:q.nameLen])
+	if f == nil || !f.fast.Load() {
+		return nil, nil, false
+	}
+	now := f.store.now()
+	e := f.store.get(q.key, now)
+	if e == nil || len(e.resp) > q.size || e.l.nameLen != q.nameLen {
+		f.m.miss()
+		return nil, nil, false
+	}
+	ttl := e.ttlAt(now)
+	if ttl == 0 {
+		f.m.miss()
+		return nil, nil, false
+	}
+	return answer(out, e.resp, &e.l, p, q, ttl), f, true
+}

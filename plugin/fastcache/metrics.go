@@ -1,0 +1,184 @@
+package fastcache
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/metrics"
+	"github.com/coredns/coredns/plugin/metrics/vars"
+	"github.com/coredns/coredns/plugin/pkg/rcode"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+var (
+	// hits counts the queries the fast path answered.
+	hits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "hits_total",
+		Help:      "The count of queries answered by the fast path.",
+	}, []string{"zone"})
+	// misses counts the queries the fast path looked up and passed on to the
+	// plugin chain (not found, expired, or too large for the client).
+	misses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "misses_total",
+		Help:      "The count of queries the fast path looked up and passed on to the plugin chain.",
+	}, []string{"zone"})
+	// size is the number of answers the fast path holds.
+	size = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "entries",
+		Help:      "The number of answers stored for the fast path.",
+	}, []string{"zone"})
+
+	registerMetrics sync.Once
+)
+
+// zoneMetrics are the counters one fastcache updates per query, resolved
+// once so that a hit allocates nothing.
+type zoneMetrics struct {
+	hits, misses prometheus.Counter
+	size         prometheus.Gauge
+	// server is set when the prometheus plugin runs before fastcache: the
+	// fast path then counts its answers as the prometheus plugin would.
+	server *serverMetrics
+}
+
+func newZoneMetrics(cfg *dnsserver.Config, f *FastCache) *zoneMetrics {
+	registerMetrics.Do(func() {
+		for _, c := range []prometheus.Collector{hits, misses, size} {
+			_ = prometheus.DefaultRegisterer.Register(c)
+		}
+	})
+	m := &zoneMetrics{
+		hits:   hits.WithLabelValues(f.zone),
+		misses: misses.WithLabelValues(f.zone),
+		size:   size.WithLabelValues(f.zone),
+	}
+	if h, ok := cfg.Handler("prometheus").(*metrics.Metrics); ok && h != nil {
+		m.server = &serverMetrics{zone: f.zone, plugin: nextAfter(cfg, "prometheus")}
+	}
+	return m
+}
+
+// nextAfter is the name of the handler that follows name in cfg's chain:
+// the prometheus plugin labels answers with it.
+func nextAfter(cfg *dnsserver.Config, name string) string {
+	at := slices.Index(dnsserver.Directives, name)
+	best, bestAt := "", len(dnsserver.Directives)
+	for _, h := range cfg.Handlers() {
+		i := slices.Index(dnsserver.Directives, h.Name())
+		if i > at && i < bestAt {
+			best, bestAt = h.Name(), i
+		}
+	}
+	return best
+}
+
+func (m *zoneMetrics) miss() { m.misses.Inc() }
+
+// hit counts one answer of the fast path.
+func (m *zoneMetrics) hit(server string, q *query, v6 bool, reqLen, respLen int, rc int, start time.Time) {
+	m.hits.Inc()
+	if m.server != nil {
+		m.server.report(server, q, v6, reqLen, respLen, rc, start)
+	}
+}
+
+// serverMetrics are CoreDNS's request metrics (the prometheus plugin's)
+// for one zone, by server, family and type.
+type serverMetrics struct {
+	zone, plugin string
+	// handles maps a serverKey to its *handles; copied on write.
+	handles atomic.Pointer[map[serverKey]*handles]
+	mu      sync.Mutex
+}
+
+type serverKey struct {
+	server string
+	v6     bool
+	qtype  uint16
+	rcode  int
+	do     bool
+}
+
+type handles struct {
+	count, responses, do prometheus.Counter
+	duration, respSize   prometheus.Observer
+	reqSize              prometheus.Observer
+}
+
+func (s *serverMetrics) report(server string, q *query, v6 bool, reqLen, respLen, rc int, start time.Time) {
+	k := serverKey{server: server, v6: v6, qtype: q.qtype, rcode: rc, do: q.do}
+	var h *handles
+	if hs := s.handles.Load(); hs != nil {
+		h = (*hs)[k]
+	}
+	if h == nil {
+		h = s.resolve(k)
+	}
+	if h.do != nil {
+		h.do.Inc()
+	}
+	h.count.Inc()
+	h.duration.Observe(time.Since(start).Seconds())
+	h.respSize.Observe(float64(respLen))
+	h.reqSize.Observe(float64(reqLen))
+	h.responses.Inc()
+}
+
+func (s *serverMetrics) resolve(k serverKey) *handles {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := map[serverKey]*handles{}
+	if hs := s.handles.Load(); hs != nil {
+		old = *hs
+	}
+	if h := old[k]; h != nil {
+		return h
+	}
+	fam := "1"
+	if k.v6 {
+		fam = "2"
+	}
+	h := &handles{
+		count:     vars.RequestCount.WithLabelValues(k.server, s.zone, "", "udp", fam, qTypeString(k.qtype)),
+		duration:  vars.RequestDuration.WithLabelValues(k.server, s.zone, ""),
+		respSize:  vars.ResponseSize.WithLabelValues(k.server, s.zone, "", "udp"),
+		reqSize:   vars.RequestSize.WithLabelValues(k.server, s.zone, "", "udp"),
+		responses: vars.ResponseRcode.WithLabelValues(k.server, s.zone, "", rcode.ToString(k.rcode), s.plugin),
+	}
+	if k.do {
+		h.do = vars.RequestDo.WithLabelValues(k.server, s.zone, "")
+	}
+	hs := make(map[serverKey]*handles, len(old)+1)
+	for kk, v := range old {
+		hs[kk] = v
+	}
+	hs[k] = h
+	s.handles.Store(&hs)
+	return h
+}
+
+// monitored are the query types CoreDNS's request metrics name; others are
+// counted as "other" (plugin/metrics/vars/monitor.go).
+var monitored = []uint16{
+	dns.TypeAAAA, dns.TypeA, dns.TypeCNAME, dns.TypeDNSKEY, dns.TypeDS, dns.TypeMX,
+	dns.TypeNSEC3, dns.TypeNSEC, dns.TypeNS, dns.TypePTR, dns.TypeRRSIG, dns.TypeSOA,
+	dns.TypeSRV, dns.TypeTXT, dns.TypeHTTPS, dns.TypeSVCB, dns.TypeIXFR, dns.TypeAXFR, dns.TypeANY,
+}
+
+func qTypeString(t uint16) string {
+	if slices.Contains(monitored, t) {
+		return dns.Type(t).String()
+	}
+	return "other"
+}

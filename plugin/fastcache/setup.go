@@ -1,0 +1,209 @@
+package fastcache
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/caddy/caddyfile"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
+	clog "github.com/coredns/coredns/plugin/pkg/log"
+)
+
+const pluginName = "fastcache"
+
+var log = clog.NewWithPlugin(pluginName)
+
+var registerOnce sync.Once
+
+// Register adds fastcache to CoreDNS's plugins, in the place of cache in the
+// plugin order. CoreDNS's cache plugin must be compiled in: fastcache uses
+// it for everything but the fast path. Register is idempotent.
+func Register() {
+	registerOnce.Do(func() {
+		plugin.Register(pluginName, setup)
+		if slices.Contains(dnsserver.Directives, pluginName) {
+			return
+		}
+		i := slices.Index(dnsserver.Directives, "cache")
+		if i < 0 {
+			i = len(dnsserver.Directives)
+		}
+		dnsserver.Directives = slices.Insert(dnsserver.Directives, i, pluginName)
+	})
+}
+
+// options are the cache options the fast path has to honour; CoreDNS's
+// cache parses and validates them all.
+type options struct {
+	capacity   int
+	keepTTL    bool
+	prefetch   int
+	percentage int
+	staleTTL   uint32
+}
+
+func setup(c *caddy.Controller) error {
+	cfg := dnsserver.GetConfig(c)
+	tokens := c.Dispenser // a copy, read after cache has validated the block
+	action, err := caddy.DirectiveAction("dns", "cache")
+	if err != nil {
+		return plugin.Error(pluginName, fmt.Errorf("the cache plugin is not compiled in: %w", err))
+	}
+	n := len(cfg.Plugin)
+	if err := action(c); err != nil {
+		return plugin.Error(pluginName, err)
+	}
+	if len(cfg.Plugin) != n+1 {
+		return plugin.Error(pluginName, errors.New("the cache plugin did not add itself to the chain"))
+	}
+	cache := cfg.Plugin[n]
+	cfg.Plugin = cfg.Plugin[:n]
+	opts, err := parseOptions(&tokens)
+	if err != nil {
+		return plugin.Error(pluginName, err)
+	}
+
+	f := &FastCache{opts: opts, store: newStore(opts.capacity), zone: cfg.Zone}
+	cfg.AddPlugin(func(next plugin.Handler) plugin.Handler {
+		f.Next = next
+		f.cache = cache(upstream{next: next})
+		return f
+	})
+	addrs := listenAddrs(cfg)
+	c.OnStartup(func() error {
+		f.m = newZoneMetrics(cfg, f)
+		f.fast.Store(f.eligible(cfg))
+		for _, a := range addrs {
+			listeners.register(a, f)
+		}
+		return nil
+	})
+	c.OnShutdown(func() error {
+		for _, a := range addrs {
+			listeners.unregister(a, f)
+		}
+		return nil
+	})
+	cfg.UDPDecorateWriterFunc = attach
+	return nil
+}
+
+// listenAddrs are the host:port addresses the server block listens on.
+func listenAddrs(cfg *dnsserver.Config) []string {
+	if cfg.Transport != "dns" {
+		return nil
+	}
+	hosts := cfg.ListenHosts
+	if len(hosts) == 0 {
+		hosts = []string{""}
+	}
+	out := make([]string, 0, len(hosts))
+	for _, h := range hosts {
+		out = append(out, "dns://"+joinHostPort(h, cfg.Port))
+	}
+	return out
+}
+
+func joinHostPort(h, p string) string {
+	if strings.Contains(h, ":") {
+		return "[" + h + "]:" + p
+	}
+	return h + ":" + p
+}
+
+// fastBefore are the plugins that may run before fastcache without turning
+// the fast path off: on a cache hit, errors does nothing, and the fast path
+// counts what prometheus counts.
+var fastBefore = map[string]bool{"errors": true, "prometheus": true}
+
+// eligible reports whether a hit answered by the fast path is what the
+// plugin chain would answer: only plugins of fastBefore run before this one.
+func (f *FastCache) eligible(cfg *dnsserver.Config) bool {
+	if f.opts.keepTTL {
+		log.Infof("zone %s: fast path off: keepttl keeps the TTL the fast path would age", f.zone)
+		return false
+	}
+	me := slices.Index(dnsserver.Directives, pluginName)
+	for _, h := range cfg.Handlers() {
+		i := slices.Index(dnsserver.Directives, h.Name())
+		if i < 0 || i >= me || fastBefore[h.Name()] {
+			continue
+		}
+		log.Infof("zone %s: fast path off: plugin %s runs before fastcache on every query", f.zone, h.Name())
+		return false
+	}
+	return true
+}
+
+// parseOptions reads what the fast path needs from a fastcache block that
+// CoreDNS's cache has already validated.
+func parseOptions(d *caddyfile.Dispenser) (options, error) {
+	o := options{percentage: 10}
+	success, denial := defaultCap, defaultCap
+	for d.Next() {
+		for d.NextBlock() {
+			args := d.RemainingArgs()
+			switch d.Val() {
+			case "success", "denial":
+				if len(args) == 0 {
+					continue
+				}
+				n, err := strconv.Atoi(args[0])
+				if err != nil {
+					return o, err
+				}
+				if d.Val() == "success" {
+					success = n
+				} else {
+					denial = n
+				}
+			case "keepttl":
+				o.keepTTL = true
+			case "prefetch":
+				o.prefetch = 1
+				if len(args) > 0 {
+					n, err := strconv.Atoi(args[0])
+					if err != nil {
+						return o, err
+					}
+					o.prefetch = n
+				}
+				for _, a := range args[1:] {
+					if p, ok := strings.CutSuffix(a, "%"); ok {
+						n, err := strconv.Atoi(p)
+						if err != nil {
+							return o, err
+						}
+						o.percentage = n
+					}
+				}
+			case "serve_stale":
+				// serve_stale [DURATION] [immediate [STALE_TTL ...] | verify [TIMEOUT [STALE_TTL ...]]]
+				at := 2
+				if len(args) > 1 && strings.EqualFold(args[1], "verify") {
+					at = 3
+				}
+				if len(args) > at {
+					d, err := time.ParseDuration(args[at])
+					if err != nil {
+						return o, err
+					}
+					o.staleTTL = uint32(d / time.Second)
+				}
+			}
+		}
+	}
+	o.capacity = success + denial
+	return o, nil
+}
+
+// defaultCap is CoreDNS's cache's default capacity for each of its two
+// caches.
+const defaultCap = 9984
