@@ -185,11 +185,12 @@ func startUpstream() (*nodesim.AuthDNS, error) {
 	return nodesim.NewAuthDNS("bench.example.org", 3600, pc, ln), nil
 }
 
-// nameFile writes a dnsperf input of n A queries under example.org.
+// nameFile writes a dnsperf input of n A queries for names the upstream
+// answers with an address (under svc.bench.example.org).
 func nameFile(dir, name string, n int, prefix string) (string, error) {
 	var b strings.Builder
 	for i := range n {
-		fmt.Fprintf(&b, "%s-%d.bench.example.org A\n", prefix, i)
+		fmt.Fprintf(&b, "%s-%d.svc.bench.example.org A\n", prefix, i)
 	}
 	path := filepath.Join(dir, name+".txt")
 	return path, os.WriteFile(path, []byte(b.String()), 0o644)

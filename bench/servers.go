@@ -43,7 +43,8 @@ func servers(bin string) []*server {
 		}},
 		{name: "coredns", port: 5302, command: func(dir string) (*exec.Cmd, error) {
 			// The agent's own built-in Corefile, rendered for this port: the
-			// same plugins doing the same work.
+			// same plugins doing the same work, with CoreDNS's cache in the
+			// place of fastcache (which takes the same options).
 			text, err := corefile.Render("built-in", corefile.Default, corefile.Values{
 				LocalIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Upstreams: []netip.AddrPort{netip.MustParseAddrPort(upstreamAddr)},
 				ClusterDomain: "cluster.local", Port: 5302, HealthAddr: "127.0.0.1:15302", ReadyAddr: "127.0.0.1:16302",
@@ -53,6 +54,7 @@ func servers(bin string) []*server {
 			if err != nil {
 				return nil, err
 			}
+			text = strings.ReplaceAll(text, "    fastcache {", "    cache {")
 			path := filepath.Join(dir, "Corefile")
 			if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 				return nil, err
@@ -77,6 +79,8 @@ func servers(bin string) []*server {
   module-config: "iterator"
   msg-cache-size: 64m
   rrset-cache-size: 128m
+  cache-max-ttl: 30
+  cache-max-negative-ttl: 5
   so-reuseport: no
 forward-zone:
   name: "."
@@ -90,7 +94,7 @@ forward-zone:
 		}},
 		{name: "dnsmasq", port: 5304, command: func(string) (*exec.Cmd, error) {
 			return exec.Command("dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=5304", "--listen-address=127.0.0.1",
-				"--bind-interfaces", "--server=127.0.0.1#5300", "--cache-size=150000", "--user=root", "--pid-file=",
+				"--bind-interfaces", "--server=127.0.0.1#5300", "--cache-size=150000", "--max-cache-ttl=30", "--user=root", "--pid-file=",
 				"--log-facility=-"), nil
 		}},
 	}

@@ -162,6 +162,7 @@ func (s *Server) Stop() error {
 
 // Plugins lists the plugins compiled into this binary, sorted.
 func Plugins() []string {
+	fastcache.Register()
 	var out []string
 	for _, name := range caddy.ListPlugins()["others"] {
 		if p, ok := strings.CutPrefix(name, serverType+"."); ok {

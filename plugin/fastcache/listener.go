@@ -3,9 +3,11 @@ package fastcache
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/miekg/dns"
@@ -17,9 +19,11 @@ import (
 type listener struct {
 	addr string
 	// zones maps a zone's lowercased wire name to the fastcache of its
-	// server block; replaced whole on change.
+	// server block; replaced whole on change, together with routes.
 	zones atomic.Pointer[map[string]*FastCache]
-	srv   atomic.Pointer[dnsserver.Server]
+	// routes are the same zones, longest first, for route.
+	routes atomic.Pointer[[]zoneRoute]
+	srv    atomic.Pointer[dnsserver.Server]
 
 	conn *conn
 	dns  *dns.Server
@@ -29,6 +33,22 @@ type listener struct {
 // outlive CoreDNS's reloads: a reload registers the new server blocks'
 // fastcaches and points the listener at the new server, then the old
 // instance's shutdown takes its fastcaches out.
+type zoneRoute struct {
+	name string // lowercased wire name
+	f    *FastCache
+}
+
+// setZones publishes zones and the routes derived from them.
+func (l *listener) setZones(zones map[string]*FastCache) {
+	routes := make([]zoneRoute, 0, len(zones))
+	for k, f := range zones {
+		routes = append(routes, zoneRoute{name: k, f: f})
+	}
+	slices.SortFunc(routes, func(a, b zoneRoute) int { return len(b.name) - len(a.name) })
+	l.zones.Store(&zones)
+	l.routes.Store(&routes)
+}
+
 type registry struct {
 	mu sync.Mutex
 	m  map[string]*listener
@@ -51,8 +71,7 @@ func (r *registry) register(addr string, f *FastCache) {
 	l := r.m[addr]
 	if l == nil {
 		l = &listener{addr: addr}
-		empty := map[string]*FastCache{}
-		l.zones.Store(&empty)
+		l.setZones(map[string]*FastCache{})
 		r.m[addr] = l
 	}
 	old := *l.zones.Load()
@@ -61,7 +80,7 @@ func (r *registry) register(addr string, f *FastCache) {
 		zones[k] = v
 	}
 	zones[zoneKey(f.zone)] = f
-	l.zones.Store(&zones)
+	l.setZones(zones)
 }
 
 // unregister takes f out of addr's listener and stops the listener when no
@@ -84,7 +103,7 @@ func (r *registry) unregister(addr string, f *FastCache) {
 			zones[z] = v
 		}
 	}
-	l.zones.Store(&zones)
+	l.setZones(zones)
 	if len(zones) > 0 {
 		return
 	}
@@ -155,11 +174,12 @@ func (l *listener) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 // server block has fastcache. When a longer zone without fastcache takes the
 // name, the fastcache returned has never stored an answer for it, because
 // only the queries routed to it fill it.
-func (l *listener) route(name []byte) *FastCache {
-	zones := *l.zones.Load()
-	for off := 0; off < len(name); off += int(name[off]) + 1 {
-		if f := zones[string(name[off:])]; f != nil {
-			return f
+func (l *listener) route(q *query) *FastCache {
+	name := q.key[:q.nameLen]
+	for _, r := range *l.routes.Load() {
+		o := len(name) - len(r.name)
+		if o >= 0 && q.labelAt(o) && string(name[o:]) == r.name {
+			return r.f
 		}
 	}
 	return nil
@@ -167,15 +187,15 @@ func (l *listener) route(name []byte) *FastCache {
 
 // answer writes into out the fast path's answer to packet p, parsing the
 // query into q with key as scratch space, and reports whether there is one.
-func (l *listener) answer(p, key, out []byte, q *query) ([]byte, *FastCache, bool) {
+func (l *listener) answer(p, key, out []byte, q *query, at time.Time) ([]byte, *FastCache, bool) {
 	if !parseQuery(p, key, q) {
 		return nil, nil, false
 	}
-	f := l.route(q.key[:q.nameLen])
+	f := l.route(q)
 	if f == nil || !f.fast.Load() {
 		return nil, nil, false
 	}
-	now := f.store.now()
+	now := int64(at.Sub(f.store.epoch))
 	e := f.store.get(q.key, now)
 	if e == nil || len(e.resp) > q.size || e.l.nameLen != q.nameLen {
 		f.m.miss()

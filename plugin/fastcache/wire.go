@@ -56,7 +56,12 @@ type query struct {
 	udpSize uint16
 	rd, do  bool
 	qtype   uint16
+	// labels marks the offsets in key at which a label starts.
+	labels [4]uint64
 }
+
+// labelAt reports whether a label of the name starts at offset o of key.
+func (q *query) labelAt(o int) bool { return q.labels[o>>6]&(1<<(o&63)) != 0 }
 
 // parseQuery reads a query packet into q, writing the key into buf (at
 // least maxKey bytes). It reports false for anything the fast path does not
@@ -84,6 +89,7 @@ func parseQuery(p []byte, buf []byte, q *query) bool {
 	// The name, lowercased into the key.
 	off := headerLen
 	k := buf[:0]
+	q.labels = [4]uint64{}
 	for {
 		if off >= len(p) {
 			return false
@@ -95,6 +101,7 @@ func parseQuery(p []byte, buf []byte, q *query) bool {
 		if off+1+l > len(p) || len(k)+1+l > maxName {
 			return false
 		}
+		q.labels[len(k)>>6] |= 1 << (len(k) & 63)
 		k = append(k, byte(l))
 		for _, c := range p[off+1 : off+1+l] {
 			if c >= 'A' && c <= 'Z' {
