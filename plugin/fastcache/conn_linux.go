@@ -42,9 +42,6 @@ type conn struct {
 	q    query
 	// at is when the packets of rx were read.
 	at time.Time
-	// drained is set when the last read took fewer packets than a batch:
-	// the next read waits for the poller before it tries.
-	drained bool
 }
 
 // batchSize is how many packets one recvmmsg or sendmmsg moves at most.
@@ -203,13 +200,6 @@ func (c *conn) receive() error {
 	c.next, c.rx.n = 0, 0
 	var errno syscall.Errno
 	err := c.rc.Read(func(fd uintptr) bool {
-		if c.drained {
-			// The socket was empty a moment ago: wait for the poller, whose
-			// edge-triggered event for any packet queued since is pending,
-			// rather than spend a system call to learn it is still empty.
-			c.drained = false
-			return false
-		}
 		for i := range c.rx.hdrs {
 			c.rx.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet6
 			c.rx.hdrs[i].hdr.Flags = 0
@@ -221,7 +211,6 @@ func (c *conn) receive() error {
 		}
 		if errno == 0 {
 			c.rx.n = int(n)
-			c.drained = c.rx.n < batchSize
 		}
 		return true
 	})

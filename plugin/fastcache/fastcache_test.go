@@ -74,11 +74,20 @@ func authServer(t *testing.T) string {
 		}
 		_ = w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var (
+		pc  net.PacketConn
+		ln  net.Listener
+		err error
+	)
+	for range 5 { // a port free for UDP may be taken for TCP
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
 	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,12 +115,23 @@ func startCoreDNS(t *testing.T, zones, body string) string {
 	t.Helper()
 	Register()
 	dnsserver.Quiet = true
-	port := freePort(t)
-	var blocks []string
-	for _, z := range strings.Fields(zones) {
-		blocks = append(blocks, fmt.Sprintf("%s:%d {\n    bind 127.0.0.1\n%s\n}\n", z, port, body))
+	var (
+		port int
+		inst *caddy.Instance
+		err  error
+	)
+	// A port free for UDP may be taken for TCP: try another.
+	for range 5 {
+		port = freePort(t)
+		var blocks []string
+		for _, z := range strings.Fields(zones) {
+			blocks = append(blocks, fmt.Sprintf("%s:%d {\n    bind 127.0.0.1\n%s\n}\n", z, port, body))
+		}
+		inst, err = caddy.Start(caddy.CaddyfileInput{Contents: []byte(strings.Join(blocks, "")), ServerTypeName: "dns"})
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
 	}
-	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(strings.Join(blocks, "")), ServerTypeName: "dns"})
 	if err != nil {
 		t.Fatalf("starting CoreDNS: %v", err)
 	}
