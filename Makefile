@@ -34,9 +34,11 @@ vet:
 	$(GO) vet ./...
 
 # test runs every test. As root the namespace tests are required: a skipped
-# one fails the run.
+# one fails the run. Then a short run of the fast path's fuzz target.
+FUZZTIME ?= 20s
 test: deps vet
 	NODESIM_REQUIRED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test $(GOTESTFLAGS) -count=1 -timeout 30m ./...
+	$(GO) test -run '^$$' -fuzz '^FuzzAnswer$$' -fuzztime $(FUZZTIME) ./plugin/fastcache
 
 # unit runs the tests that need no root.
 unit:
