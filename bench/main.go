@@ -124,7 +124,7 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.want(figGo) {
 		out, err := exec.CommandContext(ctx, "taskset", "-c", "0", "go", "test", "-run", "XXX", "-bench", ".", "-benchmem",
-			"-count", fmt.Sprint(o.reps), "./internal/server").CombinedOutput()
+			"-count", fmt.Sprint(o.reps), "./internal/server", "./plugin/fastcache").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("go benchmarks: %w\n%s", err, out)
 		}

@@ -95,6 +95,7 @@ func (f *FastCache) probe(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 	lk := &lookup{probe: true}
 	pw := &captureWriter{ResponseWriter: discardWriter{w}}
 	f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, lk), request.NewScrubWriter(req, pw), req)
+	f.m.probes.Inc()
 	if pw.msg != nil && !lk.upstream.Load() {
 		f.capture(key, pw.msg, f.store.now())
 	}
