@@ -42,6 +42,13 @@ type conn struct {
 	q    query
 	// at is when the packets of rx were read.
 	at time.Time
+	// queued counts the reads in a row that found a packet since the
+	// socket was last empty: from two on, the reads take batches.
+	queued int
+	// The poller's callbacks and their results.
+	readFn, writeFn func(uintptr) bool
+	errno           syscall.Errno
+	sent            int
 }
 
 // batchSize is how many packets one recvmmsg or sendmmsg moves at most.
@@ -117,6 +124,7 @@ func listen(addr netip.AddrPort) (*conn, error) {
 	}
 	c.rx.init(rxBuf)
 	c.tx.init(maxFastAnswer)
+	c.readFn, c.writeFn = c.read, c.write
 	return c, nil
 }
 
@@ -197,62 +205,111 @@ func (c *conn) serve(i int, p []byte) bool {
 // receive waits until at least one packet is there, then takes what is
 // queued, up to a batch.
 func (c *conn) receive() error {
-	c.next, c.rx.n = 0, 0
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for i := range c.rx.hdrs {
-			c.rx.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet6
-			c.rx.hdrs[i].hdr.Flags = 0
-		}
-		var n uintptr
-		n, _, errno = unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rx.hdrs[0])), batchSize, unix.MSG_DONTWAIT, 0, 0)
-		if errno == unix.EAGAIN || errno == unix.EINTR {
-			return false
-		}
-		if errno == 0 {
-			c.rx.n = int(n)
-		}
-		return true
-	})
-	if err != nil {
+	c.next, c.rx.n, c.errno = 0, 0, 0
+	if err := c.rc.Read(c.readFn); err != nil {
 		if c.closed.Load() {
 			return net.ErrClosed
 		}
 		return err
 	}
-	if errno != 0 {
-		return fmt.Errorf("reading from %s: %w", c.local, errno)
+	if c.errno != 0 {
+		return fmt.Errorf("reading from %s: %w", c.local, c.errno)
 	}
 	c.at = time.Now()
 	return nil
 }
 
-// flush sends the queued answers.
-func (c *conn) flush() error {
-	t := &c.tx
-	sent := 0
-	err := c.rc.Write(func(fd uintptr) bool {
-		for sent < t.n {
-			n, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&t.hdrs[sent])), uintptr(t.n-sent), unix.MSG_DONTWAIT, 0, 0)
-			switch errno {
-			case 0:
-				sent += int(n)
-			case unix.EAGAIN:
-				return false
-			case unix.EINTR:
-			default:
-				// An answer the kernel refuses (an unreachable client) is
-				// dropped, as it would be with sendmsg.
-				sent++
+// read is receive's non-blocking attempt (c.readFn, a method value made
+// once: a closure would be allocated at every read). It reports false when
+// the socket is empty, for the poller to wait.
+func (c *conn) read(fd uintptr) bool {
+	if c.queued < 2 {
+		// Packets come one at a time: recvfrom costs less than recvmmsg,
+		// which copies message headers and tries for a second packet.
+		h := &c.rx.hdrs[0]
+		h.hdr.Namelen = unix.SizeofSockaddrInet6
+		h.hdr.Flags = 0
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.rx.bufs[0][0])), rxBuf,
+			unix.MSG_DONTWAIT|unix.MSG_TRUNC, uintptr(unsafe.Pointer(&c.rx.names[0])), uintptr(unsafe.Pointer(&h.hdr.Namelen)))
+		switch errno {
+		case unix.EAGAIN, unix.EINTR:
+			c.queued = 0
+			return false
+		case 0:
+			// With MSG_TRUNC, n is the packet's length: over the buffer,
+			// the packet was cut.
+			h.n = uint32(n)
+			if n > rxBuf {
+				h.hdr.Flags = unix.MSG_TRUNC
 			}
+			c.rx.n = 1
+			c.queued++
+		default:
+			c.errno = errno
 		}
 		return true
-	})
-	t.n = 0
+	}
+	for i := range c.rx.hdrs {
+		c.rx.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet6
+		c.rx.hdrs[i].hdr.Flags = 0
+	}
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rx.hdrs[0])), batchSize, unix.MSG_DONTWAIT, 0, 0)
+	switch errno {
+	case unix.EAGAIN, unix.EINTR:
+		c.queued = 0
+		return false
+	case 0:
+		c.rx.n = int(n)
+		if n == 1 {
+			c.queued = 0
+		}
+	default:
+		c.errno = errno
+	}
+	return true
+}
+
+// flush sends the queued answers.
+func (c *conn) flush() error {
+	c.sent = 0
+	err := c.rc.Write(c.writeFn)
+	c.tx.n = 0
 	if err != nil && c.closed.Load() {
 		return net.ErrClosed
 	}
 	return err
+}
+
+// write is flush's non-blocking attempt (c.writeFn); false waits for the
+// poller.
+func (c *conn) write(fd uintptr) bool {
+	t := &c.tx
+	for c.sent < t.n {
+		var (
+			n     uintptr
+			errno syscall.Errno
+		)
+		if t.n-c.sent == 1 {
+			h := &t.hdrs[c.sent].hdr
+			_, _, errno = unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(t.iovs[c.sent].Base)), uintptr(t.iovs[c.sent].Len),
+				unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(h.Name)), uintptr(h.Namelen))
+			n = 1
+		} else {
+			n, _, errno = unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&t.hdrs[c.sent])), uintptr(t.n-c.sent), unix.MSG_DONTWAIT, 0, 0)
+		}
+		switch errno {
+		case 0:
+			c.sent += int(n)
+		case unix.EAGAIN:
+			return false
+		case unix.EINTR:
+		default:
+			// An answer the kernel refuses (an unreachable client) is
+			// dropped, as it would be with sendmsg.
+			c.sent++
+		}
+	}
+	return true
 }
 
 // WriteTo implements net.PacketConn: the plugin chain's answers.
