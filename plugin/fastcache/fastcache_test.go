@@ -14,6 +14,8 @@ import (
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/forward"
 	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/metrics"
+	"github.com/coredns/coredns/plugin/metrics/vars"
 	_ "github.com/coredns/coredns/plugin/whoami"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -261,4 +263,111 @@ func TestDifferential(t *testing.T) {
 			}
 		})
 	}
+}
+
+// served counts the fast path's answers for zone.
+func served(zone string) float64 { return testutil.ToFloat64(hits.WithLabelValues(zone)) }
+
+// TestFastPathOff: where a plugin before fastcache acts on every query
+// (log), the fast path answers nothing and fastcache is CoreDNS's cache.
+func TestFastPathOff(t *testing.T) {
+	up := authServer(t)
+	addr := startCoreDNS(t, "off.example.org.", "    log\n    fastcache\n    forward . "+up)
+	before := served("off.example.org.")
+	for range 4 {
+		m := exchange(t, "udp", addr, queryMsg("a.off.example.org.", dns.TypeA))
+		if m.Rcode != dns.RcodeNameError {
+			t.Fatalf("answer %v", m)
+		}
+	}
+	if n := served("off.example.org.") - before; n != 0 {
+		t.Errorf("fast path answered %v queries behind the log plugin", n)
+	}
+}
+
+// TestRequestMetrics: with the prometheus plugin, the fast path's answers
+// are counted in CoreDNS's request metrics as the plugin counts them.
+func TestRequestMetrics(t *testing.T) {
+	up := authServer(t)
+	addr := startCoreDNS(t, "metrics.example.org.", "    prometheus 127.0.0.1:0\n    fastcache\n    forward . "+up)
+	server := "dns://" + addr
+	count := func() float64 {
+		return testutil.ToFloat64(vars.RequestCount.WithLabelValues(server, "metrics.example.org.", "", "udp", "1", "A"))
+	}
+	rcodes := func() float64 {
+		return testutil.ToFloat64(vars.ResponseRcode.WithLabelValues(server, "metrics.example.org.", "", "NXDOMAIN", "fastcache"))
+	}
+	for range 2 {
+		exchange(t, "udp", addr, queryMsg("x.metrics.example.org.", dns.TypeA))
+	}
+	fast, reqs, nx := served("metrics.example.org."), count(), rcodes()
+	for range 5 {
+		exchange(t, "udp", addr, queryMsg("x.metrics.example.org.", dns.TypeA))
+	}
+	if n := served("metrics.example.org.") - fast; n != 5 {
+		t.Fatalf("fast path answered %v of 5 hits", n)
+	}
+	if n := count() - reqs; n != 5 {
+		t.Errorf("coredns_dns_requests_total grew by %v for 5 fast answers", n)
+	}
+	if n := rcodes() - nx; n != 5 {
+		t.Errorf("coredns_dns_responses_total{rcode=NXDOMAIN} grew by %v for 5 fast answers", n)
+	}
+}
+
+// TestReloadAndStop: the fast path goes on across a reload (the new
+// instance's caches, the same socket) and its socket is gone after stop.
+func TestReloadAndStop(t *testing.T) {
+	up := authServer(t)
+	Register()
+	dnsserver.Quiet = true
+	var inst *caddy.Instance
+	var corefile string
+	var err error
+	for range 5 {
+		port := freePort(t)
+		corefile = fmt.Sprintf("reload.example.org.:%d {\n    bind 127.0.0.1\n    fastcache\n    forward . %s\n}\n", port, up)
+		inst, err = caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), ServerTypeName: "dns"})
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := inst.Servers()[0].LocalAddr().String()
+	ask := func() {
+		t.Helper()
+		if m := exchange(t, "udp", addr, queryMsg("a.reload.example.org.", dns.TypeA)); m.Rcode != dns.RcodeNameError {
+			t.Fatalf("answer %v", m)
+		}
+	}
+	ask()
+	before := served("reload.example.org.")
+	ask()
+	if served("reload.example.org.")-before != 1 {
+		t.Fatal("fast path did not answer before the reload")
+	}
+	inst, err = inst.Restart(caddy.CaddyfileInput{Contents: []byte(corefile + "\n"), ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	ask() // the new instance's cache is empty: a miss
+	before = served("reload.example.org.")
+	ask()
+	if served("reload.example.org.")-before != 1 {
+		t.Error("fast path did not answer after the reload")
+	}
+	inst.Stop()
+	inst.ShutdownCallbacks()
+	c := &dns.Client{Timeout: 300 * time.Millisecond}
+	if _, _, err := c.Exchange(queryMsg("a.reload.example.org.", dns.TypeA), addr); err == nil {
+		t.Error("answered after stop")
+	}
+	// The address is free again: nothing of ours holds it.
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatalf("address still taken after stop: %v", err)
+	}
+	pc.Close()
 }
