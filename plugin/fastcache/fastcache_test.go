@@ -192,8 +192,8 @@ func exchange(t *testing.T, net, addr string, m *dns.Msg) *dns.Msg {
 }
 
 // TestDifferential sends the same queries to fastcache and to CoreDNS's
-// cache (three times each: a miss, a hit the fast path stores, a hit it
-// answers) and compares all of each answer but the ID and the TTLs.
+// cache (a miss, then hits, until the fast path answers one) and compares
+// all of the last answers but the ID and the TTLs.
 func TestDifferential(t *testing.T) {
 	up := authServer(t)
 	body := "    errors\n    %s {\n        success 1000 30\n        denial 1000 5\n    }\n    forward . " + up
@@ -231,15 +231,25 @@ func TestDifferential(t *testing.T) {
 	}
 	for _, p := range probes {
 		t.Run(fmt.Sprintf("%s/%s/edns=%v,do=%v,cd=%v,ad=%v,size=%d", p.name, dns.TypeToString[p.qtype], p.edns, p.do, p.cd, p.ad, p.bufsize), func(t *testing.T) {
+			// The answer is stored after it is sent: under load the next
+			// query may still beat it to the store. Ask until the fast path
+			// answers (a few times at most), or three times when it must not.
 			var got, want *dns.Msg
-			var before float64
-			for range 3 {
-				before = testutil.ToFloat64(hits.WithLabelValues("."))
+			var fastAnswers float64
+			for i := 0; i < 3 || (p.fast && fastAnswers == 0 && i < 20); i++ {
+				before := served(".")
 				got = exchange(t, "udp", fast, p.msg())
 				want = exchange(t, "udp", stock, p.msg())
+				fastAnswers += served(".") - before
 			}
 			if g, w := normal(got), normal(want); g != w {
 				t.Errorf("fastcache answered\n%s\nCoreDNS's cache answered\n%s", g, w)
+			}
+			if p.fast && fastAnswers == 0 {
+				t.Error("the fast path never answered")
+			}
+			if !p.fast && fastAnswers != 0 {
+				t.Errorf("fast path answered %v queries it should leave to CoreDNS", fastAnswers)
 			}
 			// The IDs match (the client checks); the TTLs are the cache's
 			// capped 30 s (5 s for denials), aged by at most a second.
@@ -250,19 +260,27 @@ func TestDifferential(t *testing.T) {
 					}
 				}
 			}
-			served := testutil.ToFloat64(hits.WithLabelValues(".")) - before
-			if p.fast && served != 1 {
-				t.Errorf("fast path answered %v of the third query, want it", served)
-			}
-			if !p.fast && served != 0 {
-				t.Errorf("fast path answered %v queries it should leave to CoreDNS", served)
-			}
 			// Over TCP, both are CoreDNS's cache.
 			if g, w := normal(exchange(t, "tcp", fast, p.msg())), normal(exchange(t, "tcp", stock, p.msg())); g != w {
 				t.Errorf("over TCP fastcache answered\n%s\nCoreDNS's cache answered\n%s", g, w)
 			}
 		})
 	}
+}
+
+// untilFast asks q until the fast path answers it (the answer is stored
+// after the miss's is sent, so a query may come before it).
+func untilFast(t *testing.T, addr string, q *dns.Msg, zone string) {
+	t.Helper()
+	for range 20 {
+		before := served(zone)
+		exchange(t, "udp", addr, q)
+		if served(zone) > before {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("the fast path never answered %s", q.Question[0].Name)
 }
 
 // served counts the fast path's answers for zone.
@@ -297,9 +315,10 @@ func TestRequestMetrics(t *testing.T) {
 	rcodes := func() float64 {
 		return testutil.ToFloat64(vars.ResponseRcode.WithLabelValues(server, "metrics.example.org.", "", "NXDOMAIN", "fastcache"))
 	}
-	for range 2 {
-		exchange(t, "udp", addr, queryMsg("x.metrics.example.org.", dns.TypeA))
-	}
+	untilFast(t, addr, queryMsg("x.metrics.example.org.", dns.TypeA), "metrics.example.org.")
+	// The plugin chain counts a query after its answer is sent: let the
+	// ones it answered be counted.
+	time.Sleep(100 * time.Millisecond)
 	fast, reqs, nx := served("metrics.example.org."), count(), rcodes()
 	for range 5 {
 		exchange(t, "udp", addr, queryMsg("x.metrics.example.org.", dns.TypeA))
@@ -342,22 +361,13 @@ func TestReloadAndStop(t *testing.T) {
 			t.Fatalf("answer %v", m)
 		}
 	}
-	ask()
-	before := served("reload.example.org.")
-	ask()
-	if served("reload.example.org.")-before != 1 {
-		t.Fatal("fast path did not answer before the reload")
-	}
+	untilFast(t, addr, queryMsg("a.reload.example.org.", dns.TypeA), "reload.example.org.")
 	inst, err = inst.Restart(caddy.CaddyfileInput{Contents: []byte(corefile + "\n"), ServerTypeName: "dns"})
 	if err != nil {
 		t.Fatalf("reload: %v", err)
 	}
 	ask() // the new instance's cache is empty: a miss
-	before = served("reload.example.org.")
-	ask()
-	if served("reload.example.org.")-before != 1 {
-		t.Error("fast path did not answer after the reload")
-	}
+	untilFast(t, addr, queryMsg("a.reload.example.org.", dns.TypeA), "reload.example.org.")
 	inst.Stop()
 	inst.ShutdownCallbacks()
 	c := &dns.Client{Timeout: 300 * time.Millisecond}
