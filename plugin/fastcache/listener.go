@@ -34,8 +34,9 @@ type listener struct {
 // fastcaches and points the listener at the new server, then the old
 // instance's shutdown takes its fastcaches out.
 type zoneRoute struct {
-	name string // lowercased wire name
-	f    *FastCache
+	name  string // lowercased wire name
+	f     *FastCache
+	label string // presentation name, for metrics
 }
 
 // setZones publishes zones and the routes derived from them.

@@ -74,6 +74,15 @@ func newZoneMetrics(cfg *dnsserver.Config, f *FastCache) *zoneMetrics {
 	}
 	if h, ok := cfg.Handler("prometheus").(*metrics.Metrics); ok && h != nil {
 		m.server = &serverMetrics{zone: f.zone, plugin: nextAfter(cfg, "prometheus")}
+		// The prometheus plugin labels a query with the longest of its
+		// zones that holds the name; zones under this one come from other
+		// server blocks sharing its metrics address.
+		for _, z := range h.ZoneNames() {
+			if z = dns.CanonicalName(z); z != dns.CanonicalName(f.zone) && dns.IsSubDomain(f.zone, z) {
+				m.server.under = append(m.server.under, zoneRoute{name: zoneKey(z), label: z})
+			}
+		}
+		slices.SortFunc(m.server.under, func(a, b zoneRoute) int { return len(b.name) - len(a.name) })
 	}
 	return m
 }
@@ -106,6 +115,8 @@ func (m *zoneMetrics) hit(server string, q *query, v6 bool, reqLen, respLen int,
 // for one zone, by server, family and type.
 type serverMetrics struct {
 	zone, plugin string
+	// under are the prometheus plugin's zones below zone, longest first.
+	under []zoneRoute
 	// handles maps a serverKey to its *handles; copied on write.
 	handles atomic.Pointer[map[serverKey]*handles]
 	mu      sync.Mutex
@@ -113,6 +124,7 @@ type serverMetrics struct {
 
 type serverKey struct {
 	server string
+	zone   string
 	v6     bool
 	qtype  uint16
 	rcode  int
@@ -126,7 +138,14 @@ type handles struct {
 }
 
 func (s *serverMetrics) report(server string, q *query, v6 bool, reqLen, respLen, rc int, start time.Time) {
-	k := serverKey{server: server, v6: v6, qtype: q.qtype, rcode: rc, do: q.do}
+	k := serverKey{server: server, zone: s.zone, v6: v6, qtype: q.qtype, rcode: rc, do: q.do}
+	name := q.key[:q.nameLen]
+	for _, z := range s.under {
+		if o := len(name) - len(z.name); o >= 0 && q.labelAt(o) && string(name[o:]) == z.name {
+			k.zone = z.label
+			break
+		}
+	}
 	var h *handles
 	if hs := s.handles.Load(); hs != nil {
 		h = (*hs)[k]
@@ -159,14 +178,14 @@ func (s *serverMetrics) resolve(k serverKey) *handles {
 		fam = "2"
 	}
 	h := &handles{
-		count:     vars.RequestCount.WithLabelValues(k.server, s.zone, "", "udp", fam, qTypeString(k.qtype)),
-		duration:  vars.RequestDuration.WithLabelValues(k.server, s.zone, ""),
-		respSize:  vars.ResponseSize.WithLabelValues(k.server, s.zone, "", "udp"),
-		reqSize:   vars.RequestSize.WithLabelValues(k.server, s.zone, "", "udp"),
-		responses: vars.ResponseRcode.WithLabelValues(k.server, s.zone, "", rcode.ToString(k.rcode), s.plugin),
+		count:     vars.RequestCount.WithLabelValues(k.server, k.zone, "", "udp", fam, qTypeString(k.qtype)),
+		duration:  vars.RequestDuration.WithLabelValues(k.server, k.zone, ""),
+		respSize:  vars.ResponseSize.WithLabelValues(k.server, k.zone, "", "udp"),
+		reqSize:   vars.RequestSize.WithLabelValues(k.server, k.zone, "", "udp"),
+		responses: vars.ResponseRcode.WithLabelValues(k.server, k.zone, "", rcode.ToString(k.rcode), s.plugin),
 	}
 	if k.do {
-		h.do = vars.RequestDo.WithLabelValues(k.server, s.zone, "")
+		h.do = vars.RequestDo.WithLabelValues(k.server, k.zone, "")
 	}
 	hs := make(map[serverKey]*handles, len(old)+1)
 	for kk, v := range old {
