@@ -49,6 +49,8 @@ type conn struct {
 	readFn, writeFn func(uintptr) bool
 	errno           syscall.Errno
 	sent            int
+	// counts are the answers not yet in the metrics.
+	counts pending
 }
 
 // batchSize is how many packets one recvmmsg or sendmmsg moves at most.
@@ -174,7 +176,12 @@ func (c *conn) ReadFrom(b []byte) (int, net.Addr, error) {
 		if err := c.flush(); err != nil {
 			return 0, nil, err
 		}
+		if c.counts.due(c.at) {
+			c.counts.flush()
+		}
 		if err := c.receive(); err != nil {
+			// The read deadline (every 2 s while idle) or Close.
+			c.counts.flush()
 			return 0, nil, err
 		}
 	}
@@ -193,7 +200,7 @@ func (c *conn) serve(i int, p []byte) bool {
 	t.hdrs[t.n].hdr.Name = (*byte)(unsafe.Pointer(&c.rx.names[i]))
 	t.hdrs[t.n].hdr.Namelen = c.rx.hdrs[i].hdr.Namelen
 	t.n++
-	f.m.hit(c.l.addr, &c.q, c.rx.names[i].Family == unix.AF_INET6, len(p), len(resp), int(resp[3]&0x0f), c.at)
+	c.counts.hit(f.m, c.l.addr, &c.q, c.rx.names[i].Family == unix.AF_INET6, len(p), len(resp), int(resp[3]&0x0f), c.at)
 	if t.n == batchSize {
 		if err := c.flush(); err != nil {
 			return true // counted as answered; the loss is the kernel's

@@ -270,17 +270,19 @@ func TestDifferential(t *testing.T) {
 
 // untilFast asks q until the fast path answers it (the answer is stored
 // after the miss's is sent, so a query may come before it).
-func untilFast(t *testing.T, addr string, q *dns.Msg, zone string) {
+// It returns how many queries it sent.
+func untilFast(t *testing.T, addr string, q *dns.Msg, zone string) int {
 	t.Helper()
-	for range 20 {
+	for i := range 20 {
 		before := served(zone)
 		exchange(t, "udp", addr, q)
 		if served(zone) > before {
-			return
+			return i + 1
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("the fast path never answered %s", q.Question[0].Name)
+	return 0
 }
 
 // served counts the fast path's answers for zone.
@@ -315,17 +317,30 @@ func TestRequestMetrics(t *testing.T) {
 	rcodes := func() float64 {
 		return testutil.ToFloat64(vars.ResponseRcode.WithLabelValues(server, "metrics.example.org.", "", "NXDOMAIN", "fastcache"))
 	}
-	untilFast(t, addr, queryMsg("x.metrics.example.org.", dns.TypeA), "metrics.example.org.")
-	// The plugin chain counts a query after its answer is sent: let the
-	// ones it answered be counted.
-	time.Sleep(100 * time.Millisecond)
+	// The plugin chain counts a query after its answer is sent, and the fast
+	// path reports to CoreDNS's metrics in batches: within its read deadline
+	// (2 s) once queries stop. Wait until every query sent is counted.
+	reqs0, nx0 := count(), rcodes()
+	waitCount := func(want float64) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); count() < want && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	sent := untilFast(t, addr, queryMsg("x.metrics.example.org.", dns.TypeA), "metrics.example.org.")
+	waitCount(reqs0 + float64(sent))
 	fast, reqs, nx := served("metrics.example.org."), count(), rcodes()
+	if reqs-reqs0 != float64(sent) || nx-nx0 != float64(sent) {
+		t.Fatalf("%v queries counted, %v NXDOMAIN answers, for %d sent", reqs-reqs0, nx-nx0, sent)
+	}
 	for range 5 {
 		exchange(t, "udp", addr, queryMsg("x.metrics.example.org.", dns.TypeA))
 	}
-	if n := served("metrics.example.org.") - fast; n != 5 {
-		t.Fatalf("fast path answered %v of 5 hits", n)
+	if n := served("metrics.example.org."); n-fast != 5 {
+		t.Fatalf("fast path answered %v of 5 hits", n-fast)
 	}
+	waitCount(reqs + 5)
+	time.Sleep(50 * time.Millisecond) // and nothing more comes
 	if n := count() - reqs; n != 5 {
 		t.Errorf("coredns_dns_requests_total grew by %v for 5 fast answers", n)
 	}
