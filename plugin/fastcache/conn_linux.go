@@ -17,9 +17,10 @@ import (
 // conn is the fast path's own UDP socket on a server's address, in the
 // address's SO_REUSEPORT group. It is a net.PacketConn for miekg/dns's
 // server, which reads the queries the fast path passes on: ReadFrom reads
-// batches of packets (recvmmsg), answers the cache hits in place, sends the
-// answers in a batch (sendmmsg), and returns the first packet it does not
-// answer. It waits for packets in Go's network poller, as net.UDPConn
+// what is queued (one packet with recvfrom; from the second in a row,
+// batches with recvmmsg), answers the cache hits in place, sends the answers
+// (sendto, or sendmmsg for several), and returns the first packet it does
+// not answer. It waits for packets in Go's network poller, as net.UDPConn
 // does, and moves them with raw, non-blocking system calls: both a thread
 // blocked in a system call and Go's ordinary system-call entry wake Go's
 // system monitor, which then polls every 20 µs for a millisecond, the
