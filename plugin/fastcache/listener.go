@@ -112,10 +112,13 @@ func (r *registry) unregister(addr string, f *FastCache) {
 	l.stop()
 }
 
+// stop stops miekg/dns's server on the socket, which closes it; and closes
+// it anyway, for a server stopped before it started.
 func (l *listener) stop() {
 	if l.dns != nil {
 		_ = l.dns.Shutdown()
-	} else if l.conn != nil {
+	}
+	if l.conn != nil {
 		_ = l.conn.Close()
 	}
 }
