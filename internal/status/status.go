@@ -220,9 +220,8 @@ func cacheStats(ctx context.Context, addr string, timeout time.Duration) (entrie
 		return total
 	}
 	entries = sum("coredns_cache_entries")
-	// fastcache answers most hits itself; each of its probes (one after a
-	// miss) is a hit to CoreDNS's cache that no client asked for.
-	hits := sum("coredns_cache_hits_total") - sum("coredns_fastcache_probes_total") + sum("coredns_fastcache_hits_total")
+	// fastcache answers most hits itself, before CoreDNS's cache.
+	hits := sum("coredns_cache_hits_total") + sum("coredns_fastcache_hits_total")
 	misses := sum("coredns_cache_misses_total")
 	if hits+misses > 0 {
 		hitRatio = hits / (hits + misses)

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/coredns/coredns/plugin"
-	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
 
@@ -38,8 +37,7 @@ func (f *FastCache) Name() string { return pluginName }
 
 // ServeDNS implements plugin.Handler. It hands the query to CoreDNS's cache;
 // when that answers from its cache (a hit, fresh, not served stale), the
-// answer it wrote is stored for the fast path. After a miss, it asks the
-// cache again for the answer a hit gets now, and stores that.
+// answer it wrote is stored for the fast path.
 func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	if !f.fast.Load() || f.opts.keepTTL {
 		return f.cache.ServeDNS(ctx, w, r)
@@ -59,54 +57,11 @@ func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	lk := new(lookup)
 	cw := &captureWriter{ResponseWriter: w}
 	rc, err := f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, lk), cw, r)
-	switch {
-	case cw.msg == nil:
-	case !lk.upstream.Load():
+	if cw.msg != nil && !lk.upstream.Load() {
 		f.capture(q.key, cw.msg, now)
-	case f.fresh(cw.msg):
-		f.probe(ctx, w, r, q.key)
 	}
 	return rc, err
 }
-
-// fresh reports whether m, written by CoreDNS's cache after it went
-// upstream, is a fresh answer rather than an entry served stale (TTL 0, or
-// the configured stale TTL): only then is the cache's entry fresh, and a
-// probe a plain hit. A probe of a stale entry would count as a failed
-// refresh and hold back the next one.
-func (f *FastCache) fresh(m *dns.Msg) bool {
-	for _, s := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
-		for _, rr := range s {
-			if rr.Header().Rrtype == dns.TypeOPT {
-				continue
-			}
-			ttl := rr.Header().Ttl
-			return ttl > 0 && (f.opts.staleTTL == 0 || ttl != f.opts.staleTTL)
-		}
-	}
-	return false
-}
-
-// probe asks CoreDNS's cache for r once more, as a hit, right after a miss
-// filled it, and stores the answer; the query goes no further than the
-// cache. The answer is scrubbed for r as the server would, and not sent.
-func (f *FastCache) probe(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, key []byte) {
-	req := r.Copy()
-	lk := &lookup{probe: true}
-	pw := &captureWriter{ResponseWriter: discardWriter{w}}
-	f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, lk), request.NewScrubWriter(req, pw), req)
-	f.m.probes.Inc()
-	if pw.msg != nil && !lk.upstream.Load() {
-		f.capture(key, pw.msg, f.store.now())
-	}
-}
-
-// discardWriter keeps the addresses of a client's ResponseWriter and sends
-// nothing.
-type discardWriter struct{ dns.ResponseWriter }
-
-func (discardWriter) WriteMsg(*dns.Msg) error     { return nil }
-func (discardWriter) Write(b []byte) (int, error) { return len(b), nil }
 
 // capture stores m, the answer CoreDNS's cache wrote for a hit, as it went
 // to the client (scrubbed: OPT record added, possibly truncated), unless it
@@ -167,8 +122,6 @@ type lookup struct {
 	// upstream is set when the cache passed the request on (a miss, a
 	// refresh, a prefetch).
 	upstream atomic.Bool
-	// probe stops the request at the cache: it must not reach upstream.
-	probe bool
 }
 
 type lookupKey struct{}
@@ -182,9 +135,6 @@ func (u upstream) Name() string { return pluginName }
 func (u upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	if lk, ok := ctx.Value(lookupKey{}).(*lookup); ok {
 		lk.upstream.Store(true)
-		if lk.probe {
-			return dns.RcodeServerFailure, nil
-		}
 	}
 	if u.next == nil {
 		return plugin.NextOrFailure(pluginName, nil, ctx, w, r)

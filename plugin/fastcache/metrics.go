@@ -31,14 +31,6 @@ var (
 		Name:      "misses_total",
 		Help:      "The count of queries the fast path looked up and passed on to the plugin chain.",
 	}, []string{"zone"})
-	// probes counts the in-process lookups after a miss, each a hit to
-	// CoreDNS's cache that no client asked for.
-	probes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: pluginName,
-		Name:      "probes_total",
-		Help:      "The count of lookups in CoreDNS's cache made after a miss to store the answer a hit gets.",
-	}, []string{"zone"})
 	// size is the number of answers the fast path holds.
 	size = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
@@ -53,8 +45,8 @@ var (
 // zoneMetrics are the counters one fastcache updates per query, resolved
 // once so that a hit allocates nothing.
 type zoneMetrics struct {
-	hits, misses, probes prometheus.Counter
-	size                 prometheus.Gauge
+	hits, misses prometheus.Counter
+	size         prometheus.Gauge
 	// server is set when the prometheus plugin runs before fastcache: the
 	// fast path then counts its answers as the prometheus plugin would.
 	server *serverMetrics
@@ -62,14 +54,13 @@ type zoneMetrics struct {
 
 func newZoneMetrics(cfg *dnsserver.Config, f *FastCache) *zoneMetrics {
 	registerMetrics.Do(func() {
-		for _, c := range []prometheus.Collector{hits, misses, probes, size} {
+		for _, c := range []prometheus.Collector{hits, misses, size} {
 			_ = prometheus.DefaultRegisterer.Register(c)
 		}
 	})
 	m := &zoneMetrics{
 		hits:   hits.WithLabelValues(f.zone),
 		misses: misses.WithLabelValues(f.zone),
-		probes: probes.WithLabelValues(f.zone),
 		size:   size.WithLabelValues(f.zone),
 	}
 	if h, ok := cfg.Handler("prometheus").(*metrics.Metrics); ok && h != nil {
