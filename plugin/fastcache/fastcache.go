@@ -39,7 +39,7 @@ func (f *FastCache) Name() string { return pluginName }
 // when that answers from its cache (a hit, fresh, not served stale), the
 // answer it wrote is stored for the fast path.
 func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	if !f.fast.Load() || f.opts.keepTTL {
+	if !f.fast.Load() {
 		return f.cache.ServeDNS(ctx, w, r)
 	}
 	wire, err := r.Pack()

@@ -19,9 +19,10 @@ import (
 type listener struct {
 	addr string
 	// zones maps a zone's lowercased wire name to the fastcache of its
-	// server block; replaced whole on change, together with routes.
-	zones atomic.Pointer[map[string]*FastCache]
-	// routes are the same zones, longest first, for route.
+	// server block; changed under the registry's lock.
+	zones map[string]*FastCache
+	// routes are the same zones, longest first, for route: replaced whole
+	// on change.
 	routes atomic.Pointer[[]zoneRoute]
 	srv    atomic.Pointer[dnsserver.Server]
 
@@ -39,14 +40,13 @@ type zoneRoute struct {
 	label string // presentation name, for metrics
 }
 
-// setZones publishes zones and the routes derived from them.
-func (l *listener) setZones(zones map[string]*FastCache) {
-	routes := make([]zoneRoute, 0, len(zones))
-	for k, f := range zones {
+// publish makes the fast path route by the current zones.
+func (l *listener) publish() {
+	routes := make([]zoneRoute, 0, len(l.zones))
+	for k, f := range l.zones {
 		routes = append(routes, zoneRoute{name: k, f: f})
 	}
 	slices.SortFunc(routes, func(a, b zoneRoute) int { return len(b.name) - len(a.name) })
-	l.zones.Store(&zones)
 	l.routes.Store(&routes)
 }
 
@@ -71,17 +71,11 @@ func (r *registry) register(addr string, f *FastCache) {
 	defer r.mu.Unlock()
 	l := r.m[addr]
 	if l == nil {
-		l = &listener{addr: addr}
-		l.setZones(map[string]*FastCache{})
+		l = &listener{addr: addr, zones: map[string]*FastCache{}}
 		r.m[addr] = l
 	}
-	old := *l.zones.Load()
-	zones := make(map[string]*FastCache, len(old)+1)
-	for k, v := range old {
-		zones[k] = v
-	}
-	zones[zoneKey(f.zone)] = f
-	l.setZones(zones)
+	l.zones[zoneKey(f.zone)] = f
+	l.publish()
 }
 
 // unregister takes f out of addr's listener and stops the listener when no
@@ -93,19 +87,13 @@ func (r *registry) unregister(addr string, f *FastCache) {
 	if l == nil {
 		return
 	}
-	old := *l.zones.Load()
 	k := zoneKey(f.zone)
-	if old[k] != f {
+	if l.zones[k] != f {
 		return // replaced by a reload
 	}
-	zones := make(map[string]*FastCache, len(old))
-	for z, v := range old {
-		if z != k {
-			zones[z] = v
-		}
-	}
-	l.setZones(zones)
-	if len(zones) > 0 {
+	delete(l.zones, k)
+	l.publish()
+	if len(l.zones) > 0 {
 		return
 	}
 	delete(r.m, addr)

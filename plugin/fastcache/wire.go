@@ -50,9 +50,8 @@ type query struct {
 	nameLen int
 	// size is the largest answer the client takes over UDP.
 	size int
-	// edns reports an OPT record; udpSize is its raw buffer size, echoed
-	// in the answer as CoreDNS does.
-	edns    bool
+	// udpSize is the OPT record's raw buffer size, echoed in the answer as
+	// CoreDNS does.
 	udpSize uint16
 	rd, do  bool
 	qtype   uint16
@@ -133,7 +132,7 @@ func parseQuery(p []byte, buf []byte, q *query) bool {
 		kf |= keyAD
 	}
 	q.rd = flags&flagRD != 0
-	q.edns, q.do, q.udpSize, q.size = false, false, 0, 512
+	q.do, q.udpSize, q.size = false, 0, 512
 	if ar == 1 {
 		// One OPT record: root name, type, class (buffer size), TTL
 		// (extended rcode, version, flags), empty rdata.
@@ -145,7 +144,6 @@ func parseQuery(p []byte, buf []byte, q *query) bool {
 		if ext != 0 || version != 0 || eflags&^ednsDO != 0 || binary.BigEndian.Uint16(p[off+9:]) != 0 {
 			return false
 		}
-		q.edns = true
 		kf |= keyEDNS
 		if eflags&ednsDO != 0 {
 			kf |= keyDO

@@ -281,8 +281,8 @@ func fastListener(t testing.TB, q *dns.Msg) *listener {
 		t.Fatal("not parsed")
 	}
 	f.store.put(pq.key, &entry{resp: resp, l: l, stored: f.store.now(), until: f.store.now() + int64(time.Hour)})
-	ln := &listener{addr: "dns://127.0.0.1:53"}
-	ln.setZones(map[string]*FastCache{zoneKey("."): f})
+	ln := &listener{addr: "dns://127.0.0.1:53", zones: map[string]*FastCache{zoneKey("."): f}}
+	ln.publish()
 	return ln
 }
 
