@@ -45,6 +45,8 @@ type options struct {
 	out      string
 	chart    string
 	bin      string
+	// gomaxprocs is the Go servers' GOMAXPROCS.
+	gomaxprocs int
 }
 
 func (o options) want(fig string) bool { return len(o.only) == 0 || o.only[fig] }
@@ -56,6 +58,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of one load run")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "the report to write (empty: print only)")
 	flag.StringVar(&o.chart, "chart", "docs/benchmarks.png", "the chart to write")
+	flag.IntVar(&o.gomaxprocs, "gomaxprocs", 2, "GOMAXPROCS of the Go servers (2: what Go sets in a container limited to less than 2 CPUs)")
 	flag.StringVar(&o.bin, "bin", "", "directory holding node-local-coredns and coredns-stock (default: build them)")
 	flag.Parse()
 	if *only != "" {
@@ -201,7 +204,7 @@ func measureServer(ctx context.Context, o options, s *server, work string, rep i
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := s.start(ctx, dir); err != nil {
+	if err := s.start(ctx, dir, o.gomaxprocs); err != nil {
 		return err
 	}
 	defer s.stop()

@@ -100,15 +100,15 @@ forward-zone:
 	}
 }
 
-// start runs the server pinned to CPU 0 (GOMAXPROCS=1 for Go servers) and
-// waits until it answers.
-func (s *server) start(ctx context.Context, dir string) error {
+// start runs the server pinned to CPU 0 (with GOMAXPROCS=gomaxprocs for Go
+// servers) and waits until it answers.
+func (s *server) start(ctx context.Context, dir string, gomaxprocs int) error {
 	cmd, err := s.command(dir)
 	if err != nil {
 		return err
 	}
 	pinned := exec.CommandContext(ctx, "taskset", append([]string{"-c", "0", cmd.Path}, cmd.Args[1:]...)...)
-	pinned.Env = append(os.Environ(), "GOMAXPROCS=1")
+	pinned.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(gomaxprocs))
 	pinned.Stdout, pinned.Stderr = os.Stderr, os.Stderr
 	if err := pinned.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", s.name, err)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -17,14 +18,25 @@ import (
 // conn is the fast path's own UDP socket on a server's address, in the
 // address's SO_REUSEPORT group. It is a net.PacketConn for miekg/dns's
 // server, which reads the queries the fast path passes on: ReadFrom reads
-// what is queued (one packet with recvfrom; from the second in a row,
-// batches with recvmmsg), answers the cache hits in place, sends the answers
+// what is queued, answers the cache hits in place, sends the answers
 // (sendto, or sendmmsg for several), and returns the first packet it does
-// not answer. It waits for packets in Go's network poller, as net.UDPConn
-// does, and moves them with raw, non-blocking system calls: both a thread
-// blocked in a system call and Go's ordinary system-call entry wake Go's
-// system monitor, which then polls every 20 µs for a millisecond, the
-// largest cost per query of a Go server at moderate rates.
+// not answer.
+//
+// It waits for packets in one of two ways, both with raw system calls that
+// allocate nothing:
+//
+//   - Blocking (when GOMAXPROCS is 2 or more, as Go sets it in any pod
+//     limited to fewer than 2 CPUs): the reading goroutine sleeps in the
+//     kernel, in recvmmsg with MSG_WAITFORONE, and the kernel wakes that
+//     thread alone when a query comes: one system call to receive and one
+//     to answer, and no work for Go's scheduler. The socket is not in Go's
+//     network poller; SO_RCVTIMEO wakes the reader every 100 ms while idle,
+//     for the read deadline and the metrics.
+//   - In Go's network poller (GOMAXPROCS 1), as net.UDPConn does, with
+//     non-blocking recvfrom, or recvmmsg from the second read in a row that
+//     finds a packet. A goroutine blocked in a system call there would make
+//     Go's system monitor take the only processor back every 20 µs, the
+//     largest cost per query of a Go server at moderate rates.
 type conn struct {
 	// file holds the socket in Go's network poller; rc reads and writes
 	// it, waiting in the poller when it would block.
@@ -34,6 +46,19 @@ type conn struct {
 	local  *net.UDPAddr
 	l      *listener
 	closed atomic.Bool
+	// sendFlags are the flags of every send: MSG_DONTWAIT in the poller;
+	// none on a blocking socket, whose sends wait for room in the socket's
+	// buffer as a blocking socket's do.
+	sendFlags uintptr
+	// blocking is the way the reader waits (see conn). In that mode the
+	// read deadline is kept here, in Unix nanoseconds (0: none), and
+	// stopped marks a deadline set in the past, which shut the socket's
+	// reading down to wake the reader.
+	blocking bool
+	deadline atomic.Int64
+	stopped  atomic.Bool
+	// yielded is when the blocking reader last yielded its processor.
+	yielded time.Time
 
 	// The reader's state: one goroutine reads.
 	rx   batch
@@ -46,8 +71,9 @@ type conn struct {
 	// queued counts the reads in a row that found a packet since the
 	// socket was last empty: from two on, the reads take batches.
 	queued int
-	// The poller's callbacks and their results.
+	// The callbacks given to the socket's RawConn and their results.
 	readFn, writeFn func(uintptr) bool
+	recvFn          func(uintptr)
 	errno           syscall.Errno
 	sent            int
 	// counts are the answers not yet in the metrics.
@@ -87,23 +113,47 @@ func (b *batch) init(size int) {
 	}
 }
 
-// listen opens the fast path's socket on addr.
+// idleWake is how long a blocking reader sleeps at most without a packet.
+const idleWake = 100 * time.Millisecond
+
+// yieldEvery is how often a blocking reader yields its processor. A
+// goroutine that Go's system monitor sees running for 10 ms without a
+// reschedule is preempted, and, sitting in a system call, loses its
+// processor at every look of the monitor, which then looks every 20 µs: a
+// reader that never parks must yield before.
+const yieldEvery = 5 * time.Millisecond
+
+// listen opens the fast path's socket on addr, blocking when GOMAXPROCS
+// allows it (see conn).
 func listen(addr netip.AddrPort) (*conn, error) {
+	return listenMode(addr, runtime.GOMAXPROCS(0) >= 2)
+}
+
+func listenMode(addr netip.AddrPort, blocking bool) (*conn, error) {
 	family := unix.AF_INET
 	if addr.Addr().Is6() {
 		family = unix.AF_INET6
 	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_UDP)
+	typ := unix.SOCK_DGRAM | unix.SOCK_CLOEXEC
+	if !blocking {
+		typ |= unix.SOCK_NONBLOCK
+	}
+	fd, err := unix.Socket(family, typ, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, fmt.Errorf("opening UDP socket for %s: %w", addr, err)
 	}
-	c := &conn{fd: fd, local: net.UDPAddrFromAddrPort(addr)}
+	c := &conn{fd: fd, local: net.UDPAddrFromAddrPort(addr), blocking: blocking}
+	if !blocking {
+		c.sendFlags = unix.MSG_DONTWAIT
+	}
+	wake := unix.NsecToTimeval(int64(idleWake))
 	for _, o := range []struct {
 		name string
 		err  error
 	}{
 		{"SO_REUSEADDR", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)},
 		{"SO_REUSEPORT", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)},
+		{"SO_RCVTIMEO", unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &wake)},
 	} {
 		if o.err != nil {
 			unix.Close(fd)
@@ -120,6 +170,9 @@ func listen(addr netip.AddrPort) (*conn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("binding %s: %w", addr, err)
 	}
+	// A blocking socket stays out of Go's poller (os.NewFile sees it is
+	// blocking); its RawConn still keeps the descriptor open while a
+	// system call uses it.
 	c.file = os.NewFile(uintptr(fd), "fastcache "+addr.String())
 	if c.rc, err = c.file.SyscallConn(); err != nil {
 		c.file.Close()
@@ -127,7 +180,7 @@ func listen(addr netip.AddrPort) (*conn, error) {
 	}
 	c.rx.init(rxBuf)
 	c.tx.init(maxFastAnswer)
-	c.readFn, c.writeFn = c.read, c.write
+	c.readFn, c.writeFn, c.recvFn = c.read, c.write, c.recvBlocking
 	return c, nil
 }
 
@@ -213,6 +266,9 @@ func (c *conn) serve(i int, p []byte) bool {
 // receive waits until at least one packet is there, then takes what is
 // queued, up to a batch.
 func (c *conn) receive() error {
+	if c.blocking {
+		return c.receiveBlocking()
+	}
 	c.next, c.rx.n, c.errno = 0, 0, 0
 	if err := c.rc.Read(c.readFn); err != nil {
 		if c.closed.Load() {
@@ -225,6 +281,61 @@ func (c *conn) receive() error {
 	}
 	c.at = time.Now()
 	return nil
+}
+
+// receiveBlocking is receive for a blocking socket: it sleeps in the kernel
+// until a packet comes, waking every idleWake to flush the metrics and to
+// check the read deadline.
+func (c *conn) receiveBlocking() error {
+	c.next = 0
+	for {
+		if d := c.deadline.Load(); d != 0 && c.at.UnixNano() >= d || c.stopped.Load() {
+			return os.ErrDeadlineExceeded
+		}
+		if c.at.Sub(c.yielded) >= yieldEvery {
+			runtime.Gosched()
+			c.yielded = c.at
+		}
+		c.rx.n, c.errno = 0, 0
+		if err := c.rc.Control(c.recvFn); err != nil {
+			return net.ErrClosed
+		}
+		switch {
+		case c.closed.Load():
+			return net.ErrClosed
+		case c.stopped.Load():
+			// The packets read after the shutdown are empty.
+			return os.ErrDeadlineExceeded
+		}
+		switch c.errno {
+		case 0:
+			c.at = time.Now()
+			return nil
+		case unix.EAGAIN, unix.EINTR:
+			// SO_RCVTIMEO: the socket was idle.
+			c.at = time.Now()
+			c.counts.flush()
+		default:
+			return fmt.Errorf("reading from %s: %w", c.local, c.errno)
+		}
+	}
+}
+
+// recvBlocking is receiveBlocking's system call (c.recvFn): it sleeps until
+// a packet comes, then takes what is queued, up to a batch. It goes through
+// Go's system-call entry, which lets the scheduler run other goroutines on
+// the processor meanwhile.
+func (c *conn) recvBlocking(fd uintptr) {
+	for i := range c.rx.hdrs {
+		c.rx.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet6
+		c.rx.hdrs[i].hdr.Flags = 0
+	}
+	n, _, errno := syscall.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rx.hdrs[0])), batchSize, unix.MSG_WAITFORONE, 0, 0)
+	if errno != 0 {
+		c.errno = errno
+		return
+	}
+	c.rx.n = int(n)
 }
 
 // read is receive's non-blocking attempt (c.readFn, a method value made
@@ -297,13 +408,19 @@ func (c *conn) write(fd uintptr) bool {
 			n     uintptr
 			errno syscall.Errno
 		)
+		// A blocking socket's send waits when the socket's buffer is full:
+		// through Go's system-call entry, which lets the scheduler go on.
+		call := unix.RawSyscall6
+		if c.blocking {
+			call = syscall.Syscall6
+		}
 		if t.n-c.sent == 1 {
 			h := &t.hdrs[c.sent].hdr
-			_, _, errno = unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(t.iovs[c.sent].Base)), uintptr(t.iovs[c.sent].Len),
-				unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(h.Name)), uintptr(h.Namelen))
+			_, _, errno = call(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(t.iovs[c.sent].Base)), uintptr(t.iovs[c.sent].Len),
+				c.sendFlags, uintptr(unsafe.Pointer(h.Name)), uintptr(h.Namelen))
 			n = 1
 		} else {
-			n, _, errno = unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&t.hdrs[c.sent])), uintptr(t.n-c.sent), unix.MSG_DONTWAIT, 0, 0)
+			n, _, errno = call(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&t.hdrs[c.sent])), uintptr(t.n-c.sent), c.sendFlags, 0, 0)
 		}
 		switch errno {
 		case 0:
@@ -333,7 +450,7 @@ func (c *conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	sa := sockaddr(ap)
 	var serr error
 	err := c.rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), b, unix.MSG_DONTWAIT, sa)
+		serr = unix.Sendto(int(fd), b, int(c.sendFlags), sa)
 		return serr != unix.EAGAIN
 	})
 	if err == nil {
@@ -350,6 +467,11 @@ func (c *conn) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	if c.blocking {
+		// Wake the reader; the descriptor is closed once it is out of
+		// its system call.
+		_ = unix.Shutdown(c.fd, unix.SHUT_RD)
+	}
 	return c.file.Close()
 }
 
@@ -357,14 +479,45 @@ func (c *conn) Close() error {
 func (c *conn) LocalAddr() net.Addr { return c.local }
 
 // SetDeadline implements net.PacketConn.
-func (c *conn) SetDeadline(t time.Time) error { return c.file.SetDeadline(t) }
+func (c *conn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
 
-// SetReadDeadline implements net.PacketConn. miekg/dns sets a deadline in the
-// past to stop its reader.
-func (c *conn) SetReadDeadline(t time.Time) error { return c.file.SetReadDeadline(t) }
+// SetReadDeadline implements net.PacketConn. miekg/dns sets a deadline 2 s
+// ahead at each read, and one in the past to stop its reader. A blocking
+// socket keeps the deadline for its reader to check as it wakes; a
+// deadline in the past shuts its reading down, which wakes the reader at
+// once, and for good: stopping is the one use miekg/dns makes of it.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	if !c.blocking {
+		return c.file.SetReadDeadline(t)
+	}
+	var d int64
+	if !t.IsZero() {
+		d = t.UnixNano()
+	}
+	c.deadline.Store(d)
+	if d != 0 && !t.After(time.Now()) && !c.stopped.Swap(true) {
+		// Unconnected, the socket answers ENOTCONN, yet it is shut down.
+		if err := unix.Shutdown(c.fd, unix.SHUT_RD); err != nil && err != unix.ENOTCONN {
+			return fmt.Errorf("stopping reads on %s: %w", c.local, err)
+		}
+	}
+	return nil
+}
 
-// SetWriteDeadline implements net.PacketConn.
-func (c *conn) SetWriteDeadline(t time.Time) error { return c.file.SetWriteDeadline(t) }
+// SetWriteDeadline implements net.PacketConn. A blocking socket's sends
+// wait only for room in its buffer, as a blocking socket's do, and have no
+// deadline.
+func (c *conn) SetWriteDeadline(t time.Time) error {
+	if c.blocking {
+		return nil
+	}
+	return c.file.SetWriteDeadline(t)
+}
 
 // detachOthers detaches every other unconnected UDP socket of this process
 // bound to addr (CoreDNS's own), by connecting it to the discard port of
