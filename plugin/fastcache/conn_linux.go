@@ -46,10 +46,6 @@ type conn struct {
 	local  *net.UDPAddr
 	l      *listener
 	closed atomic.Bool
-	// sendFlags are the flags of every send: MSG_DONTWAIT in the poller;
-	// none on a blocking socket, whose sends wait for room in the socket's
-	// buffer as a blocking socket's do.
-	sendFlags uintptr
 	// blocking is the way the reader waits (see conn). In that mode the
 	// read deadline is kept here, in Unix nanoseconds (0: none), and
 	// stopped marks a deadline set in the past, which shut the socket's
@@ -69,11 +65,12 @@ type conn struct {
 	// at is when the packets of rx were read.
 	at time.Time
 	// queued counts the reads in a row that found a packet since the
-	// socket was last empty: from two on, the reads take batches.
+	// socket was last empty (a blocking reader sets 2 when packets
+	// queue): from two on, the reads take batches.
 	queued int
 	// The callbacks given to the socket's RawConn and their results.
 	readFn, writeFn func(uintptr) bool
-	recvFn          func(uintptr)
+	recvFn, sendFn  func(uintptr)
 	errno           syscall.Errno
 	sent            int
 	// counts are the answers not yet in the metrics.
@@ -116,6 +113,10 @@ func (b *batch) init(size int) {
 // idleWake is how long a blocking reader sleeps at most without a packet.
 const idleWake = 100 * time.Millisecond
 
+// queuedGap: a blocking read that returns sooner than this after the last
+// found a packet already queued.
+const queuedGap = 20 * time.Microsecond
+
 // yieldEvery is how often a blocking reader yields its processor. A
 // goroutine that Go's system monitor sees running for 10 ms without a
 // reschedule is preempted, and, sitting in a system call, loses its
@@ -143,9 +144,6 @@ func listenMode(addr netip.AddrPort, blocking bool) (*conn, error) {
 		return nil, fmt.Errorf("opening UDP socket for %s: %w", addr, err)
 	}
 	c := &conn{fd: fd, local: net.UDPAddrFromAddrPort(addr), blocking: blocking}
-	if !blocking {
-		c.sendFlags = unix.MSG_DONTWAIT
-	}
 	wake := unix.NsecToTimeval(int64(idleWake))
 	for _, o := range []struct {
 		name string
@@ -181,6 +179,7 @@ func listenMode(addr netip.AddrPort, blocking bool) (*conn, error) {
 	c.rx.init(rxBuf)
 	c.tx.init(maxFastAnswer)
 	c.readFn, c.writeFn, c.recvFn = c.read, c.write, c.recvBlocking
+	c.sendFn = func(fd uintptr) { c.write(fd) }
 	return c, nil
 }
 
@@ -309,7 +308,16 @@ func (c *conn) receiveBlocking() error {
 		}
 		switch c.errno {
 		case 0:
-			c.at = time.Now()
+			now := time.Now()
+			// A read that returned within queuedGap of the last one
+			// found a packet waiting: the next takes a batch. A batch of
+			// one goes back to single reads.
+			if c.rx.n > 1 || c.rx.n == 1 && c.queued < 2 && now.Sub(c.at) < queuedGap {
+				c.queued = 2
+			} else {
+				c.queued = 0
+			}
+			c.at = now
 			return nil
 		case unix.EAGAIN, unix.EINTR:
 			// SO_RCVTIMEO: the socket was idle.
@@ -322,10 +330,23 @@ func (c *conn) receiveBlocking() error {
 }
 
 // recvBlocking is receiveBlocking's system call (c.recvFn): it sleeps until
-// a packet comes, then takes what is queued, up to a batch. It goes through
-// Go's system-call entry, which lets the scheduler run other goroutines on
-// the processor meanwhile.
+// a packet comes, then takes it (recvfrom) or, when packets queue, what is
+// queued up to a batch (recvmmsg). It goes through Go's system-call entry,
+// which lets the scheduler run other goroutines on the processor meanwhile.
 func (c *conn) recvBlocking(fd uintptr) {
+	if c.queued < 2 {
+		h := &c.rx.hdrs[0]
+		h.hdr.Namelen = unix.SizeofSockaddrInet6
+		h.hdr.Flags = 0
+		n, _, errno := syscall.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.rx.bufs[0][0])), rxBuf,
+			unix.MSG_TRUNC, uintptr(unsafe.Pointer(&c.rx.names[0])), uintptr(unsafe.Pointer(&h.hdr.Namelen)))
+		if errno != 0 {
+			c.errno = errno
+			return
+		}
+		c.rx.setSingle(n)
+		return
+	}
 	for i := range c.rx.hdrs {
 		c.rx.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet6
 		c.rx.hdrs[i].hdr.Flags = 0
@@ -336,6 +357,17 @@ func (c *conn) recvBlocking(fd uintptr) {
 		return
 	}
 	c.rx.n = int(n)
+}
+
+// setSingle records a packet of n bytes read by recvfrom with MSG_TRUNC
+// (n is the packet's length, over the buffer when it was cut).
+func (b *batch) setSingle(n uintptr) {
+	h := &b.hdrs[0]
+	h.n = uint32(min(n, rxBuf))
+	if n > rxBuf {
+		h.hdr.Flags = unix.MSG_TRUNC
+	}
+	b.n = 1
 }
 
 // read is receive's non-blocking attempt (c.readFn, a method value made
@@ -355,13 +387,7 @@ func (c *conn) read(fd uintptr) bool {
 			c.queued = 0
 			return false
 		case 0:
-			// With MSG_TRUNC, n is the packet's length: over the buffer,
-			// the packet was cut.
-			h.n = uint32(n)
-			if n > rxBuf {
-				h.hdr.Flags = unix.MSG_TRUNC
-			}
-			c.rx.n = 1
+			c.rx.setSingle(n)
 			c.queued++
 		default:
 			c.errno = errno
@@ -390,8 +416,16 @@ func (c *conn) read(fd uintptr) bool {
 
 // flush sends the queued answers.
 func (c *conn) flush() error {
+	if c.tx.n == 0 {
+		return nil
+	}
 	c.sent = 0
-	err := c.rc.Write(c.writeFn)
+	var err error
+	if c.blocking {
+		err = c.rc.Control(c.sendFn)
+	} else {
+		err = c.rc.Write(c.writeFn)
+	}
 	c.tx.n = 0
 	if err != nil && c.closed.Load() {
 		return net.ErrClosed
@@ -399,34 +433,35 @@ func (c *conn) flush() error {
 	return err
 }
 
-// write is flush's non-blocking attempt (c.writeFn); false waits for the
-// poller.
+// write is flush's attempt (c.writeFn, and c.sendFn for a blocking
+// socket). Sends do not wait; when the socket's buffer is full, a blocking
+// socket waits for room in a blocking send, through Go's system-call entry
+// (which lets the scheduler go on), and a socket in the poller returns
+// false for the poller to wait.
 func (c *conn) write(fd uintptr) bool {
 	t := &c.tx
+	call, flags := unix.RawSyscall6, uintptr(unix.MSG_DONTWAIT)
 	for c.sent < t.n {
 		var (
 			n     uintptr
 			errno syscall.Errno
 		)
-		// A blocking socket's send waits when the socket's buffer is full:
-		// through Go's system-call entry, which lets the scheduler go on.
-		call := unix.RawSyscall6
-		if c.blocking {
-			call = syscall.Syscall6
-		}
 		if t.n-c.sent == 1 {
 			h := &t.hdrs[c.sent].hdr
 			_, _, errno = call(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(t.iovs[c.sent].Base)), uintptr(t.iovs[c.sent].Len),
-				c.sendFlags, uintptr(unsafe.Pointer(h.Name)), uintptr(h.Namelen))
+				flags, uintptr(unsafe.Pointer(h.Name)), uintptr(h.Namelen))
 			n = 1
 		} else {
-			n, _, errno = call(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&t.hdrs[c.sent])), uintptr(t.n-c.sent), c.sendFlags, 0, 0)
+			n, _, errno = call(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&t.hdrs[c.sent])), uintptr(t.n-c.sent), flags, 0, 0)
 		}
 		switch errno {
 		case 0:
 			c.sent += int(n)
 		case unix.EAGAIN:
-			return false
+			if !c.blocking {
+				return false
+			}
+			call, flags = syscall.Syscall6, 0
 		case unix.EINTR:
 		default:
 			// An answer the kernel refuses (an unreachable client) is
@@ -449,10 +484,19 @@ func (c *conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	}
 	sa := sockaddr(ap)
 	var serr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), b, int(c.sendFlags), sa)
+	send := func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), b, unix.MSG_DONTWAIT, sa)
+		if serr == unix.EAGAIN && c.blocking {
+			serr = unix.Sendto(int(fd), b, 0, sa)
+		}
 		return serr != unix.EAGAIN
-	})
+	}
+	var err error
+	if c.blocking {
+		err = c.rc.Control(func(fd uintptr) { send(fd) })
+	} else {
+		err = c.rc.Write(send)
+	}
 	if err == nil {
 		err = serr
 	}

@@ -1,8 +1,12 @@
 package fastcache
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -14,9 +18,15 @@ import (
 // answer, send) allocates nothing, and the client gets the stored answer
 // with its own ID.
 func TestSocketHitAllocatesNothing(t *testing.T) {
+	for _, blocking := range []bool{false, true} {
+		t.Run(fmt.Sprintf("blocking=%v", blocking), func(t *testing.T) { testSocketHit(t, blocking) })
+	}
+}
+
+func testSocketHit(t *testing.T, blocking bool) {
 	q := queryMsg("a.example.org.", dns.TypeA)
 	ln := fastListener(t, q)
-	c, err := listen(netip.MustParseAddrPort("127.0.0.1:0"))
+	c, err := listenMode(netip.MustParseAddrPort("127.0.0.1:0"), blocking)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,4 +90,76 @@ func (c *conn) boundAddr(t *testing.T) netip.AddrPort {
 		t.Fatalf("socket address %v", sa)
 	}
 	return netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port))
+}
+
+// TestReaderStops: a reader waiting for packets returns at once when the
+// socket is closed, and with a timeout when miekg/dns stops it with a read
+// deadline in the past; in both ways of waiting. The blocking socket's idle
+// wake-up is set to an hour, so that only the wake-up under test can end
+// the wait.
+func TestReaderStops(t *testing.T) {
+	for _, blocking := range []bool{false, true} {
+		for _, how := range []string{"close", "deadline"} {
+			t.Run(fmt.Sprintf("blocking=%v/%s", blocking, how), func(t *testing.T) {
+				c, err := listenMode(netip.MustParseAddrPort("127.0.0.1:0"), blocking)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.l = &listener{}
+				hour := unix.NsecToTimeval(int64(time.Hour))
+				if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &hour); err != nil {
+					t.Fatal(err)
+				}
+				done := make(chan error, 1)
+				go func() {
+					_, _, err := c.ReadFrom(make([]byte, 512))
+					done <- err
+				}()
+				time.Sleep(50 * time.Millisecond) // the reader is waiting
+				if how == "close" {
+					err = c.Close()
+				} else {
+					err = c.SetReadDeadline(time.Unix(1, 0))
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case err := <-done:
+					want := net.ErrClosed
+					if how == "deadline" {
+						want = os.ErrDeadlineExceeded
+					}
+					if !errors.Is(err, want) {
+						t.Errorf("reader returned %v, want %v", err, want)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("the reader is still waiting")
+				}
+			})
+		}
+	}
+}
+
+// TestReaderMode: the reader blocks in the kernel when Go has two
+// processors or more, and waits in Go's poller with one.
+func TestReaderMode(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	for _, procs := range []int{1, 2, 4} {
+		runtime.GOMAXPROCS(procs)
+		c, err := listen(netip.MustParseAddrPort("127.0.0.1:0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		flags, err := unix.FcntlInt(uintptr(c.fd), unix.F_GETFL, 0)
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nonblock := flags&unix.O_NONBLOCK != 0
+		if c.blocking != (procs >= 2) || nonblock == c.blocking {
+			t.Errorf("GOMAXPROCS=%d: blocking reader %v, O_NONBLOCK %v", procs, c.blocking, nonblock)
+		}
+	}
 }

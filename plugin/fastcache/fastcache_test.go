@@ -3,6 +3,7 @@ package fastcache
 import (
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -144,6 +145,27 @@ func startCoreDNS(t *testing.T, zones, body string) string {
 	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
+// fastConn waits for the fast path's socket on addr: CoreDNS starts
+// serving, which starts the fast path, after caddy.Start returns.
+func fastConn(t *testing.T, addr string) *conn {
+	t.Helper()
+	for range 100 {
+		listeners.mu.Lock()
+		l := listeners.m["dns://"+addr]
+		var c *conn
+		if l != nil {
+			c = l.conn
+		}
+		listeners.mu.Unlock()
+		if c != nil {
+			return c
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no fast path on %s", addr)
+	return nil
+}
+
 type probe struct {
 	name    string
 	qtype   uint16
@@ -196,9 +218,23 @@ func exchange(t *testing.T, net, addr string, m *dns.Msg) *dns.Msg {
 // all of the last answers but the ID and the TTLs.
 func TestDifferential(t *testing.T) {
 	up := authServer(t)
+	// With GOMAXPROCS 1 the fast path waits in Go's poller; with more, its
+	// reader blocks in the kernel.
+	for _, procs := range []int{1, max(2, runtime.GOMAXPROCS(0))} {
+		t.Run(fmt.Sprintf("GOMAXPROCS=%d", procs), func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+			testDifferential(t, up, procs >= 2)
+		})
+	}
+}
+
+func testDifferential(t *testing.T, up string, blocking bool) {
 	body := "    errors\n    %s {\n        success 1000 30\n        denial 1000 5\n    }\n    forward . " + up
 	fast := startCoreDNS(t, ". node-local-coredns.invalid.", fmt.Sprintf(body, "fastcache"))
 	stock := startCoreDNS(t, ". node-local-coredns.invalid.", fmt.Sprintf(body, "cache"))
+	if c := fastConn(t, fast); c.blocking != blocking {
+		t.Fatalf("the fast path on %s has a blocking reader: %v, want %v", fast, c.blocking, blocking)
+	}
 
 	probes := []probe{
 		{name: "a.example.org.", qtype: dns.TypeA, fast: true},
