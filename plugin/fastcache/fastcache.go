@@ -94,8 +94,7 @@ func (f *FastCache) capture(key []byte, m *dns.Msg, now int64) {
 	if life == 0 {
 		return
 	}
-	e := &entry{resp: resp, l: l, stored: now, until: now + int64(life)*int64(time.Second)}
-	f.store.put(key, e)
+	f.store.put(newEntry(key, resp, l, now, now+int64(life)*int64(time.Second)))
 	f.m.size.Set(float64(f.store.len()))
 }
 

@@ -1,6 +1,7 @@
 package fastcache
 
 import (
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -8,11 +9,21 @@ import (
 
 // entry is one stored answer: immutable once in the store.
 type entry struct {
-	resp []byte
-	l    layout
+	// key and resp share one allocation, which a hit reads from end to
+	// end: the key to compare, then the answer to copy.
+	key, resp []byte
+	l         layout
 	// stored is when the answer carried l.ttl, and until is when the fast
 	// path stops serving it, both on the store's clock.
 	stored, until int64
+}
+
+// newEntry returns the entry for answer resp to the query with key key.
+func newEntry(key, resp []byte, l layout, stored, until int64) *entry {
+	buf := make([]byte, len(key)+len(resp))
+	copy(buf, key)
+	copy(buf[len(key):], resp)
+	return &entry{key: buf[:len(key):len(key)], resp: buf[len(key):], l: l, stored: stored, until: until}
 }
 
 // ttlAt is the TTL the entry's records carry at now, never above what
@@ -30,22 +41,40 @@ const shards = 64
 
 // store holds answers by key, in shards, up to a capacity; when full, an
 // arbitrary entry of the shard makes room, as CoreDNS's cache does.
+//
+// Each shard is an open-addressing table of (hash of the key, entry) pairs
+// with linear probing, at most half full: a hit reads one slot, then the
+// entry, then its key and answer, which share one allocation. (A Go map
+// reads its header, directory, table and group first: each a cache miss
+// at moderate rates, when the kernel's work between queries has evicted
+// them.) The slot's hash is checked against the entry's key.
 type store struct {
 	shard    [shards]shard
 	perShard int
 	size     atomic.Int64
 	epoch    time.Time
+	seed     maphash.Seed
 }
 
 type shard struct {
-	mu sync.RWMutex
-	m  map[string]*entry
+	mu    sync.RWMutex
+	slots []slot // a power of two long
+	n     int
 }
 
+// slot is a table slot; h is 0 when it is empty (hashes are odd).
+type slot struct {
+	h uint64
+	e *entry
+}
+
+// minSlots is a shard's table size at start; it doubles as entries come.
+const minSlots = 16
+
 func newStore(capacity int) *store {
-	s := &store{perShard: max(1, (capacity+shards-1)/shards), epoch: time.Now()}
+	s := &store{perShard: max(1, (capacity+shards-1)/shards), epoch: time.Now(), seed: maphash.MakeSeed()}
 	for i := range s.shard {
-		s.shard[i].m = make(map[string]*entry)
+		s.shard[i].slots = make([]slot, minSlots)
 	}
 	return s
 }
@@ -53,42 +82,99 @@ func newStore(capacity int) *store {
 // now is the store's monotonic clock, in nanoseconds.
 func (s *store) now() int64 { return int64(time.Since(s.epoch)) }
 
-func shardOf(key []byte) int {
-	h := uint32(2166136261)
-	for _, c := range key {
-		h ^= uint32(c)
-		h *= 16777619
-	}
-	return int(h % shards)
-}
+// hash is key's hash, odd: the top bits pick the shard, the low bits the
+// slot.
+func (s *store) hash(key []byte) uint64 { return maphash.Bytes(s.seed, key) | 1 }
+
+func (s *store) shardOf(h uint64) *shard { return &s.shard[h>>(64-6)] }
 
 // get returns the entry for key if the fast path may still serve it at now.
 func (s *store) get(key []byte, now int64) *entry {
-	sh := &s.shard[shardOf(key)]
+	h := s.hash(key)
+	sh := s.shardOf(h)
 	sh.mu.RLock()
-	e := sh.m[string(key)]
+	var e *entry
+	if i, ok := sh.find(h); ok {
+		e = sh.slots[i].e
+	}
 	sh.mu.RUnlock()
-	if e == nil || now >= e.until {
+	if e == nil || now >= e.until || string(e.key) != string(key) {
 		return nil
 	}
 	return e
 }
 
-func (s *store) put(key []byte, e *entry) {
-	sh := &s.shard[shardOf(key)]
+// put stores e under its key, in the place of any entry with the same key
+// (or, against odds of 2^-63, the same hash).
+func (s *store) put(e *entry) {
+	h := s.hash(e.key)
+	sh := s.shardOf(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, ok := sh.m[string(key)]; !ok {
-		if len(sh.m) >= s.perShard {
-			for k := range sh.m {
-				delete(sh.m, k)
-				s.size.Add(-1)
-				break
-			}
-		}
-		s.size.Add(1)
+	if i, ok := sh.find(h); ok {
+		sh.slots[i].e = e
+		return
 	}
-	sh.m[string(key)] = e
+	if sh.n >= s.perShard {
+		// Evict the first entry from a slot picked by hash bits the
+		// index does not use: an arbitrary one.
+		mask := uint64(len(sh.slots) - 1)
+		i := (h >> 32) & mask
+		for sh.slots[i].h == 0 {
+			i = (i + 1) & mask
+		}
+		sh.remove(i)
+		s.size.Add(-1)
+	}
+	if 2*(sh.n+1) > len(sh.slots) {
+		sh.grow()
+	}
+	i, _ := sh.find(h)
+	sh.slots[i] = slot{h: h, e: e}
+	sh.n++
+	s.size.Add(1)
+}
+
+// find returns the slot holding h, or the empty slot where h goes.
+func (sh *shard) find(h uint64) (uint64, bool) {
+	mask := uint64(len(sh.slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		switch sh.slots[i].h {
+		case h:
+			return i, true
+		case 0:
+			return i, false
+		}
+	}
+}
+
+// remove empties slot i, moving back the entries after it that would no
+// longer be found past the gap (deletion without tombstones).
+func (sh *shard) remove(i uint64) {
+	mask := uint64(len(sh.slots) - 1)
+	for j := (i + 1) & mask; sh.slots[j].h != 0; j = (j + 1) & mask {
+		home := sh.slots[j].h & mask
+		// The entry at j stays if its home is cyclically in (i, j].
+		if i <= j && i < home && home <= j || i > j && (i < home || home <= j) {
+			continue
+		}
+		sh.slots[i] = sh.slots[j]
+		i = j
+	}
+	sh.slots[i] = slot{}
+	sh.n--
+}
+
+// grow doubles the table.
+func (sh *shard) grow() {
+	old := sh.slots
+	sh.slots = make([]slot, 2*len(old))
+	for _, sl := range old {
+		if sl.h != 0 {
+			i, _ := sh.find(sl.h)
+			sh.slots[i] = sl
+		}
+	}
 }
 
 // len is the number of stored answers, expired ones included until they

@@ -3,6 +3,7 @@ package fastcache
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -257,16 +258,97 @@ func TestStoreCapacity(t *testing.T) {
 	st := newStore(shards) // one entry per shard
 	for i := range 10 * shards {
 		k := []byte{byte(i), byte(i >> 8), 1}
-		st.put(k, &entry{until: 1 << 62})
+		st.put(newEntry(k, nil, layout{}, 0, 1<<62))
 	}
 	if n := st.len(); n > shards {
 		t.Errorf("%d entries stored, capacity %d", n, shards)
 	}
 	k := []byte("key")
-	st.put(k, &entry{until: 10})
+	st.put(newEntry(k, nil, layout{}, 0, 10))
 	if st.get(k, 9) == nil || st.get(k, 10) != nil {
 		t.Error("entry served outside its lifetime")
 	}
+}
+
+// TestStoreChecksKey: an entry found under another key's hash is not
+// served for it.
+func TestStoreChecksKey(t *testing.T) {
+	st := newStore(100)
+	a, b := []byte("a.example.org\x00\x01"), []byte("b.example.org\x00\x01")
+	st.put(newEntry(a, []byte("answer"), layout{}, 0, 1<<62))
+	if e := st.get(a, 1); e == nil || string(e.resp) != "answer" {
+		t.Fatalf("stored entry not found: %v", e)
+	}
+	h := st.hash(b)
+	sh := st.shardOf(h)
+	i, _ := sh.find(h)
+	sh.slots[i] = slot{h: h, e: st.get(a, 1)} // as if a's hash were b's
+	if st.get(b, 1) != nil {
+		t.Error("the entry of another key served")
+	}
+}
+
+// TestStoreTable: through inserts, replacements, growth and evictions, the
+// store finds every key it holds, with its latest entry, holds no more than
+// its capacity, and its size is the number of keys it finds.
+func TestStoreTable(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		capacity int
+		keys     int
+	}{
+		{"under capacity", 20000, 5000},
+		{"at capacity", 4096, 4096},
+		{"evicting", 640, 20000},
+		{"one per shard", 1, 3000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newStore(tc.capacity)
+			latest := map[string]*entry{}
+			for i := range tc.keys {
+				// Every third put replaces a key put before.
+				k := fmt.Sprintf("k%d", i)
+				if i%3 == 2 {
+					k = fmt.Sprintf("k%d", i/2)
+				}
+				e := newEntry([]byte(k), []byte(fmt.Sprint(i)), layout{}, 0, 1<<62)
+				st.put(e)
+				latest[k] = e
+			}
+			found := 0
+			for k, e := range latest {
+				switch got := st.get([]byte(k), 1); got {
+				case nil:
+				case e:
+					found++
+				default:
+					t.Fatalf("key %s: entry %q, want the latest, %q", k, got.resp, e.resp)
+				}
+			}
+			if limit := st.perShard * shards; found > limit || st.len() != found {
+				t.Errorf("%d keys found, size %d, capacity %d", found, st.len(), limit)
+			}
+			if tc.keys <= tc.capacity/2 && found != len(latest) {
+				t.Errorf("%d of %d keys found under capacity", found, len(latest))
+			}
+			for i := range st.shard {
+				sh := &st.shard[i]
+				if used := countUsed(sh.slots); used != sh.n || 2*used > len(sh.slots) {
+					t.Fatalf("shard %d: %d slots used, n %d, table %d", i, used, sh.n, len(sh.slots))
+				}
+			}
+		})
+	}
+}
+
+func countUsed(slots []slot) int {
+	n := 0
+	for _, s := range slots {
+		if s.h != 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // fastListener is a listener with one fastcache for zone "." holding the
@@ -280,7 +362,7 @@ func fastListener(t testing.TB, q *dns.Msg) *listener {
 	if !parseQuery(pack(t, q), make([]byte, maxKey), &pq) {
 		t.Fatal("not parsed")
 	}
-	f.store.put(pq.key, &entry{resp: resp, l: l, stored: f.store.now(), until: f.store.now() + int64(time.Hour)})
+	f.store.put(newEntry(pq.key, resp, l, f.store.now(), f.store.now()+int64(time.Hour)))
 	ln := &listener{addr: "dns://127.0.0.1:53", zones: map[string]*FastCache{zoneKey("."): f}}
 	ln.publish()
 	return ln
