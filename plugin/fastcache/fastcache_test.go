@@ -354,8 +354,9 @@ func TestRequestMetrics(t *testing.T) {
 		return testutil.ToFloat64(vars.ResponseRcode.WithLabelValues(server, "metrics.example.org.", "", "NXDOMAIN", "fastcache"))
 	}
 	// The plugin chain counts a query after its answer is sent, and the fast
-	// path reports to CoreDNS's metrics in batches: within its read deadline
-	// (2 s) once queries stop. Wait until every query sent is counted.
+	// path reports to CoreDNS's metrics in batches: within 100 ms (a
+	// blocking reader) or its read deadline (2 s, in Go's poller) once
+	// queries stop. Wait until every query sent is counted.
 	reqs0, nx0 := count(), rcodes()
 	waitCount := func(want float64) {
 		t.Helper()

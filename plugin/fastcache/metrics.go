@@ -1,6 +1,7 @@
 package fastcache
 
 import (
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -96,14 +97,16 @@ func (m *zoneMetrics) miss() { m.misses.Inc() }
 
 // pending holds the fast path's answers not yet in CoreDNS's request
 // metrics: the reading goroutine reports them in batches, at most
-// flushAfter late while queries come (and within miekg/dns's 2 s read
-// deadline when they stop), so that the histograms' memory is touched once
+// flushAfter late while queries come (when they stop, within the blocking
+// reader's idle wake-up, 100 ms, or miekg/dns's 2 s read deadline in Go's
+// poller), so that the histograms' memory is touched once
 // per batch rather than once per answer, from cold CPU caches at moderate
 // rates. fastcache's own counters are counted at once.
 type pending struct {
-	obs   [pendingMax]observation
-	n     int
-	first time.Time
+	obs    [pendingMax]observation
+	n      int
+	first  time.Time
+	server string
 }
 
 const (
@@ -111,12 +114,22 @@ const (
 	flushAfter = 100 * time.Millisecond
 )
 
+// observation is one pending answer, in 24 bytes: the reader writes one
+// per hit, through memory the CPU's caches do not hold at moderate rates.
 type observation struct {
 	m         *zoneMetrics
-	k         serverKey
-	req, resp int32
-	dur       time.Duration
+	qtype     uint16
+	rcode     uint8
+	flags     uint8  // obsV6, obsDO
+	zone      uint16 // 0: the zone's own label; i+1: under[i]'s
+	req, resp uint16
+	dur       uint32 // nanoseconds, at most 4.29 s
 }
+
+const (
+	obsV6 = 1 << iota
+	obsDO
+)
 
 // hit records one answer of the fast path, read at start.
 func (p *pending) hit(m *zoneMetrics, server string, q *query, v6 bool, reqLen, respLen, rc int, start time.Time) {
@@ -124,15 +137,22 @@ func (p *pending) hit(m *zoneMetrics, server string, q *query, v6 bool, reqLen, 
 	if m.server == nil {
 		return
 	}
-	if p.n == pendingMax {
+	if p.n == pendingMax || p.n > 0 && server != p.server {
 		p.flush()
 	}
 	o := &p.obs[p.n]
-	o.m, o.req, o.resp = m, int32(reqLen), int32(respLen)
-	o.k = m.server.key(server, q, v6, rc)
-	o.dur = time.Since(start)
+	var flags uint8
+	if v6 {
+		flags |= obsV6
+	}
+	if q.do {
+		flags |= obsDO
+	}
+	*o = observation{m: m, qtype: q.qtype, rcode: uint8(rc), flags: flags, zone: m.server.zoneOf(q),
+		req: uint16(min(reqLen, math.MaxUint16)), resp: uint16(min(respLen, math.MaxUint16)),
+		dur: uint32(min(time.Since(start), math.MaxUint32))}
 	if p.n == 0 {
-		p.first = start
+		p.first, p.server = start, server
 	}
 	p.n++
 }
@@ -144,7 +164,12 @@ func (p *pending) due(now time.Time) bool { return p.n > 0 && now.Sub(p.first) >
 func (p *pending) flush() {
 	for i := range p.n {
 		o := &p.obs[i]
-		o.m.server.report(o.k, int(o.req), int(o.resp), o.dur)
+		s := o.m.server
+		k := serverKey{server: p.server, zone: s.zone, v6: o.flags&obsV6 != 0, qtype: o.qtype, rcode: int(o.rcode), do: o.flags&obsDO != 0}
+		if o.zone > 0 {
+			k.zone = s.under[o.zone-1].label
+		}
+		s.report(k, int(o.req), int(o.resp), time.Duration(o.dur))
 		o.m = nil
 	}
 	p.n = 0
@@ -176,17 +201,16 @@ type handles struct {
 	reqSize              prometheus.Observer
 }
 
-// key is the labels of an answer to q.
-func (s *serverMetrics) key(server string, q *query, v6 bool, rc int) serverKey {
-	k := serverKey{server: server, zone: s.zone, v6: v6, qtype: q.qtype, rcode: rc, do: q.do}
+// zoneOf returns which of the prometheus plugin's zones labels an answer to
+// q: 0 for s.zone, i+1 for s.under[i].
+func (s *serverMetrics) zoneOf(q *query) uint16 {
 	name := q.key[:q.nameLen]
-	for _, z := range s.under {
+	for i, z := range s.under[:min(len(s.under), math.MaxUint16-1)] {
 		if o := len(name) - len(z.name); o >= 0 && q.labelAt(o) && string(name[o:]) == z.name {
-			k.zone = z.label
-			break
+			return uint16(i + 1)
 		}
 	}
-	return k
+	return 0
 }
 
 func (s *serverMetrics) report(k serverKey, reqLen, respLen int, dur time.Duration) {

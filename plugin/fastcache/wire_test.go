@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coredns/coredns/plugin/metrics/vars"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func pack(t testing.TB, m *dns.Msg) []byte {
@@ -446,4 +448,54 @@ func FuzzAnswer(f *testing.F) {
 			t.Fatalf("answered %v from the entry for a.example.org A", req.Question[0])
 		}
 	})
+}
+
+// TestPendingLabels: the fast path's answers, counted in a batch, reach
+// CoreDNS's request metrics with the labels the prometheus plugin gives:
+// the longest of its zones holding the name, the family, the type, DO.
+func TestPendingLabels(t *testing.T) {
+	const server = "dns://127.0.0.1:5399"
+	sm := &serverMetrics{zone: "example.org.", plugin: "forward", under: []zoneRoute{
+		{name: zoneKey("deep.sub.example.org."), label: "deep.sub.example.org."},
+		{name: zoneKey("sub.example.org."), label: "sub.example.org."},
+	}}
+	m := &zoneMetrics{hits: hits.WithLabelValues("labels-test"), misses: misses.WithLabelValues("labels-test"), server: sm}
+	for _, tc := range []struct {
+		name     string
+		do, v6   bool
+		zone     string
+		fam, typ string
+	}{
+		{"a.example.org.", false, false, "example.org.", "1", "A"},
+		{"a.SUB.example.org.", true, false, "sub.example.org.", "1", "A"},
+		{"x.deep.sub.example.org.", false, true, "deep.sub.example.org.", "2", "A"},
+		{"notsub.example.org.", true, true, "example.org.", "2", "A"},
+	} {
+		q := queryMsg(tc.name, dns.TypeA)
+		if tc.do {
+			q.SetEdns0(1232, true)
+		}
+		var pq query
+		if !parseQuery(pack(t, q), make([]byte, maxKey), &pq) {
+			t.Fatalf("%s: not parsed", tc.name)
+		}
+		count := vars.RequestCount.WithLabelValues(server, tc.zone, "", "udp", tc.fam, tc.typ)
+		do := vars.RequestDo.WithLabelValues(server, tc.zone, "")
+		rc := vars.ResponseRcode.WithLabelValues(server, tc.zone, "", "NXDOMAIN", "forward")
+		c0, d0, r0 := testutil.ToFloat64(count), testutil.ToFloat64(do), testutil.ToFloat64(rc)
+		var p pending
+		p.hit(m, server, &pq, tc.v6, 40, 90, dns.RcodeNameError, time.Now())
+		p.hit(m, server, &pq, tc.v6, 40, 90, dns.RcodeNameError, time.Now())
+		if testutil.ToFloat64(count) != c0 {
+			t.Fatalf("%s: counted before the batch was flushed", tc.name)
+		}
+		p.flush()
+		wantDo := 0.0
+		if tc.do {
+			wantDo = 2
+		}
+		if c, d, r := testutil.ToFloat64(count)-c0, testutil.ToFloat64(do)-d0, testutil.ToFloat64(rc)-r0; c != 2 || d != wantDo || r != 2 {
+			t.Errorf("%s: requests %v, DO %v, NXDOMAIN %v; want 2, %v, 2 under zone %s", tc.name, c, d, r, wantDo, tc.zone)
+		}
+	}
 }
