@@ -70,9 +70,14 @@ type conn struct {
 	queued int
 	// The callbacks given to the socket's RawConn and their results.
 	readFn, writeFn func(uintptr) bool
-	recvFn, sendFn  func(uintptr)
-	errno           syscall.Errno
-	sent            int
+	readFromFn      func(uintptr)
+	// ReadFrom's arguments and results, for a blocking reader's readFromFn.
+	rb    []byte
+	rn    int
+	raddr net.Addr
+	rerr  error
+	errno syscall.Errno
+	sent  int
 	// counts are the answers not yet in the metrics.
 	counts pending
 }
@@ -178,8 +183,8 @@ func listenMode(addr netip.AddrPort, blocking bool) (*conn, error) {
 	}
 	c.rx.init(rxBuf)
 	c.tx.init(maxFastAnswer)
-	c.readFn, c.writeFn, c.recvFn = c.read, c.write, c.recvBlocking
-	c.sendFn = func(fd uintptr) { c.write(fd) }
+	c.readFn, c.writeFn = c.read, c.write
+	c.readFromFn = func(uintptr) { c.rn, c.raddr, c.rerr = c.readFrom(c.rb) }
 	return c, nil
 }
 
@@ -208,6 +213,23 @@ func (b *batch) peer(i int) (netip.AddrPort, bool) {
 // ReadFrom implements net.PacketConn: it returns the next packet the fast
 // path does not answer itself.
 func (c *conn) ReadFrom(b []byte) (int, net.Addr, error) {
+	if !c.blocking {
+		return c.readFrom(b)
+	}
+	// A blocking reader holds the socket open for the whole read, so that
+	// its system calls need not take a reference each (Close shuts the
+	// socket's reading down, which wakes it).
+	c.rb = b
+	if err := c.rc.Control(c.readFromFn); err != nil {
+		return 0, nil, net.ErrClosed
+	}
+	n, addr, err := c.rn, c.raddr, c.rerr
+	c.rb, c.raddr, c.rerr = nil, nil, nil
+	return n, addr, err
+}
+
+// readFrom is ReadFrom's loop.
+func (c *conn) readFrom(b []byte) (int, net.Addr, error) {
 	for {
 		for c.next < c.rx.n {
 			i := c.next
@@ -282,9 +304,9 @@ func (c *conn) receive() error {
 	return nil
 }
 
-// receiveBlocking is receive for a blocking socket: it sleeps in the kernel
-// until a packet comes, waking every idleWake to flush the metrics and to
-// check the read deadline.
+// receiveBlocking is receive for a blocking socket, within ReadFrom's hold
+// on it: it sleeps in the kernel until a packet comes, waking every
+// idleWake to flush the metrics and to check the read deadline.
 func (c *conn) receiveBlocking() error {
 	c.next = 0
 	for {
@@ -296,9 +318,7 @@ func (c *conn) receiveBlocking() error {
 			c.yielded = c.at
 		}
 		c.rx.n, c.errno = 0, 0
-		if err := c.rc.Control(c.recvFn); err != nil {
-			return net.ErrClosed
-		}
+		c.recvBlocking(uintptr(c.fd))
 		switch {
 		case c.closed.Load():
 			return net.ErrClosed
@@ -329,7 +349,7 @@ func (c *conn) receiveBlocking() error {
 	}
 }
 
-// recvBlocking is receiveBlocking's system call (c.recvFn): it sleeps until
+// recvBlocking is receiveBlocking's system call: it sleeps until
 // a packet comes, then takes it (recvfrom) or, when packets queue, what is
 // queued up to a batch (recvmmsg). It goes through Go's system-call entry,
 // which lets the scheduler run other goroutines on the processor meanwhile.
@@ -422,7 +442,7 @@ func (c *conn) flush() error {
 	c.sent = 0
 	var err error
 	if c.blocking {
-		err = c.rc.Control(c.sendFn)
+		c.write(uintptr(c.fd)) // within ReadFrom's hold on the socket
 	} else {
 		err = c.rc.Write(c.writeFn)
 	}
@@ -433,8 +453,8 @@ func (c *conn) flush() error {
 	return err
 }
 
-// write is flush's attempt (c.writeFn, and c.sendFn for a blocking
-// socket). Sends do not wait; when the socket's buffer is full, a blocking
+// write is flush's attempt (c.writeFn in Go's poller; called directly,
+// within ReadFrom's hold on the socket, for a blocking socket). Sends do not wait; when the socket's buffer is full, a blocking
 // socket waits for room in a blocking send, through Go's system-call entry
 // (which lets the scheduler go on), and a socket in the poller returns
 // false for the poller to wait.
