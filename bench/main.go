@@ -54,7 +54,7 @@ func (o options) want(fig string) bool { return len(o.only) == 0 || o.only[fig] 
 func main() {
 	var o options
 	only := flag.String("only", "", "comma-separated figures: cpu,max,latency,memory,miss,node,go (default: all)")
-	flag.IntVar(&o.reps, "reps", 3, "repetitions of every measurement, servers interleaved")
+	flag.IntVar(&o.reps, "reps", 5, "repetitions of every measurement, servers interleaved")
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of one load run")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "the report to write (empty: print only)")
 	flag.StringVar(&o.chart, "chart", "docs/benchmarks.png", "the chart to write")
