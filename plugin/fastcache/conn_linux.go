@@ -27,9 +27,10 @@ import (
 //
 //   - Blocking (when GOMAXPROCS is 2 or more, as Go sets it in any pod
 //     limited to fewer than 2 CPUs): the reading goroutine sleeps in the
-//     kernel, in recvmmsg with MSG_WAITFORONE, and the kernel wakes that
-//     thread alone when a query comes: one system call to receive and one
-//     to answer, and no work for Go's scheduler. The socket is not in Go's
+//     kernel, in recvfrom (recvmmsg with MSG_WAITFORONE once packets
+//     queue), and the kernel wakes that thread alone when a query comes:
+//     one system call to receive and one to answer, and no work for Go's
+//     scheduler. The socket is not in Go's
 //     network poller; SO_RCVTIMEO wakes the reader every 100 ms while idle,
 //     for the read deadline and the metrics.
 //   - In Go's network poller (GOMAXPROCS 1), as net.UDPConn does, with
@@ -454,10 +455,11 @@ func (c *conn) flush() error {
 }
 
 // write is flush's attempt (c.writeFn in Go's poller; called directly,
-// within ReadFrom's hold on the socket, for a blocking socket). Sends do not wait; when the socket's buffer is full, a blocking
-// socket waits for room in a blocking send, through Go's system-call entry
-// (which lets the scheduler go on), and a socket in the poller returns
-// false for the poller to wait.
+// within ReadFrom's hold on the socket, for a blocking socket). Sends do
+// not wait; when the socket's buffer is full, a blocking socket waits for
+// room in a blocking send, through Go's system-call entry (which lets the
+// scheduler go on), and a socket in the poller returns false for the
+// poller to wait.
 func (c *conn) write(fd uintptr) bool {
 	t := &c.tx
 	call, flags := unix.RawSyscall6, uintptr(unix.MSG_DONTWAIT)
