@@ -181,6 +181,8 @@ func listenMode(addr netip.AddrPort, blocking bool) (*conn, error) {
 	}{
 		{"SO_REUSEADDR", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)},
 		{"SO_REUSEPORT", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)},
+		// The idle wake-up of a blocking reader; a non-blocking socket
+		// never waits in the kernel, and ignores it.
 		{"SO_RCVTIMEO", unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &wake)},
 	} {
 		if o.err != nil {
