@@ -9,6 +9,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -114,6 +115,11 @@ func run(ctx context.Context, o options) error {
 	res := newResults()
 	start := time.Now()
 	srvs := servers(o.bin)
+	if o.want(figCPU) {
+		if err := measureCPU(ctx, o, srvs, work, hits10k, res); err != nil {
+			return fmt.Errorf("CPU per cache hit: %w", err)
+		}
+	}
 	for rep := 1; rep <= o.reps && ctx.Err() == nil; rep++ {
 		for _, s := range srvs {
 			if !anyServerFigure(o) {
@@ -158,7 +164,7 @@ func run(ctx context.Context, o options) error {
 }
 
 func anyServerFigure(o options) bool {
-	return o.want(figCPU) || o.want(figMax) || o.want(figLatency) || o.want(figMemory) || o.want(figMiss)
+	return o.want(figMax) || o.want(figLatency) || o.want(figMemory) || o.want(figMiss)
 }
 
 // pinSelf keeps the harness (dnsperf's parent and the upstream) on cpu.
@@ -210,40 +216,12 @@ func measureServer(ctx context.Context, o options, s *server, work string, rep i
 	defer s.stop()
 	time.Sleep(500 * time.Millisecond)
 	idle := s.rss()
-	// Warm: every one of the 10,000 names asked, at a rate every server
-	// answers as misses (a miss lost here would be a miss, not a hit, in
-	// the figures below), again while any query went unanswered; then once
-	// more, a hit everywhere (fastcache stores the answer its cache gives
-	// for a hit, so this is when it stores them).
-	for pass := 0; ; pass++ {
-		p, err := dnsperf(ctx, s.port, hits10k, 5000, 10*time.Second, 1, false)
-		if err != nil {
-			return err
-		}
-		if p.completed >= p.sent || pass == 2 {
-			break
-		}
-	}
-	if _, err := dnsperf(ctx, s.port, hits10k, 10000, 10*time.Second, 1, false); err != nil {
+	if err := warm(ctx, s, hits10k); err != nil {
 		return err
 	}
 	if o.want(figMemory) {
 		res.add(s.name, "rss idle (MiB)", idle/(1<<20))
 		res.add(s.name, "rss 10k names (MiB)", s.rss()/(1<<20))
-	}
-	if o.want(figCPU) {
-		for _, rate := range rates {
-			before := s.cpu()
-			p, err := dnsperf(ctx, s.port, hits10k, rate, o.duration, 0, false)
-			if err != nil {
-				return err
-			}
-			used := s.cpu() - before
-			if p.completed > 0 {
-				res.add(s.name, cpuKey(rate), float64(used.Microseconds())/p.completed)
-				res.add(s.name, achievedKey(rate), p.qps)
-			}
-		}
 	}
 	if o.want(figLatency) {
 		p, err := dnsperf(ctx, s.port, hits10k, 10000, o.duration/2, 0, true)
@@ -299,6 +277,82 @@ func measureServer(ctx context.Context, o options, s *server, work string, rep i
 	}
 	return nil
 }
+
+// warm asks every one of the 10,000 names at a rate every server answers
+// as misses (a miss lost here would be a miss, not a hit, in the figures
+// after), again while any query went unanswered; then once more, a hit
+// everywhere (fastcache stores the answer its cache gives for a hit, so
+// this is when it stores them).
+func warm(ctx context.Context, s *server, names string) error {
+	for pass := 0; ; pass++ {
+		p, err := dnsperf(ctx, s.port, names, 5000, 10*time.Second, 1, false)
+		if err != nil {
+			return err
+		}
+		if p.completed >= p.sent || pass == 2 {
+			break
+		}
+	}
+	_, err := dnsperf(ctx, s.port, names, 10000, 10*time.Second, 1, false)
+	return err
+}
+
+// roundLen is how long a server is loaded at one rate in one round of the
+// CPU figure.
+const roundLen = time.Second
+
+// measureCPU measures CPU per cache hit with every server running at once,
+// in rounds: at each rate, a round loads each server in turn for roundLen,
+// the others idle, in an order that rotates from round to round. The
+// figures of one round are taken seconds apart. This VM's speed drifts by
+// tens of per cent over minutes, and rounds measure the servers under the
+// same drift, which the per-round ratios cancel.
+func measureCPU(ctx context.Context, o options, srvs []*server, work, names string, res *results) error {
+	for _, s := range srvs {
+		dir := filepath.Join(work, "cpu-"+s.name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := s.start(ctx, dir, o.gomaxprocs); err != nil {
+			return err
+		}
+		defer s.stop()
+	}
+	for _, s := range srvs {
+		fmt.Fprintf(os.Stderr, "cpu: warming %s\n", s.name)
+		if err := warm(ctx, s, names); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	rounds := cpuRounds(o.reps)
+	for _, rate := range rates {
+		res.paired[cpuKey(rate)] = true
+		for round := range rounds {
+			fmt.Fprintf(os.Stderr, "cpu: %d/s, round %d of %d\n", rate, round+1, rounds)
+			for j := range srvs {
+				s := srvs[(round+j)%len(srvs)]
+				before := s.cpu()
+				p, err := dnsperf(ctx, s.port, names, rate, roundLen, 0, false)
+				if err != nil {
+					return fmt.Errorf("%s: %w", s.name, err)
+				}
+				used := s.cpu() - before
+				perHit := math.NaN()
+				if p.completed > 0 {
+					perHit = float64(used.Microseconds()) / p.completed
+				}
+				// One value per round for every server, NaN for none, so
+				// that the i-th values of two servers are from one round.
+				res.add(s.name, cpuKey(rate), perHit)
+				res.add(s.name, achievedKey(rate), p.qps)
+			}
+		}
+	}
+	return nil
+}
+
+// cpuRounds is the CPU figure's rounds per rate: two per repetition.
+func cpuRounds(reps int) int { return 2 * reps }
 
 func cpuKey(rate int) string { return fmt.Sprintf("CPU per cache hit at %dk/s (µs)", rate/1000) }
 func achievedKey(rate int) string {
@@ -358,11 +412,18 @@ func measureNode(ctx context.Context) (*nodeView, error) {
 	return v, nil
 }
 
+// median returns the median of the values that are not NaN (the mean of
+// the middle two for an even count), with their minimum and maximum.
 func median(xs []float64) (med, lo, hi float64) {
-	s := slices.Clone(xs)
+	s := slices.DeleteFunc(slices.Clone(xs), math.IsNaN)
 	slices.Sort(s)
-	if len(s) == 0 {
+	n := len(s)
+	if n == 0 {
 		return 0, 0, 0
 	}
-	return s[len(s)/2], s[0], s[len(s)-1]
+	med = s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	return med, s[0], s[n-1]
 }

@@ -24,6 +24,22 @@ const upstreamAddr = "127.0.0.1:5300"
 // memory figure (the agent's default is 9,984 entries per cache).
 const benchCacheCapacity = 150000
 
+// benchMaxTTL is every server's cap on a cached answer's TTL, in seconds:
+// the upstream's TTL, longer than the run, so that no server refreshes an
+// entry while it is measured (the agent's Corefile caps at 30 s, and the
+// CPU figure keeps every server running for minutes).
+const benchMaxTTL = 3600
+
+// benchCorefile is the agent's built-in Corefile template with benchMaxTTL
+// as its cap.
+func benchCorefile() (string, error) {
+	const cap30 = "success {{ .SuccessCapacity }} 30\n"
+	if !strings.Contains(corefile.Default, cap30) {
+		return "", fmt.Errorf("the built-in Corefile has no %q to raise to %d s", strings.TrimSpace(cap30), benchMaxTTL)
+	}
+	return strings.ReplaceAll(corefile.Default, cap30, fmt.Sprintf("success {{ .SuccessCapacity }} %d\n", benchMaxTTL)), nil
+}
+
 // server is one DNS server under test.
 type server struct {
 	name string
@@ -35,8 +51,16 @@ type server struct {
 
 func servers(bin string) []*server {
 	return []*server{
-		{name: "node-local-coredns", port: 5301, command: func(string) (*exec.Cmd, error) {
-			return exec.Command(filepath.Join(bin, "node-local-coredns"), "--local-ip=127.0.0.1", "--port=5301",
+		{name: "node-local-coredns", port: 5301, command: func(dir string) (*exec.Cmd, error) {
+			tmpl, err := benchCorefile()
+			if err != nil {
+				return nil, err
+			}
+			path := filepath.Join(dir, "Corefile.tmpl")
+			if err := os.WriteFile(path, []byte(tmpl), 0o644); err != nil {
+				return nil, err
+			}
+			return exec.Command(filepath.Join(bin, "node-local-coredns"), "--corefile="+path, "--local-ip=127.0.0.1", "--port=5301",
 				"--upstream="+upstreamAddr, "--setup-interface=false", "--setup-netfilter=false",
 				"--health-addr=127.0.0.1:15301", "--ready-addr=127.0.0.1:16301", "--metrics-addr=127.0.0.1:17301",
 				"--cache-success="+strconv.Itoa(benchCacheCapacity), "--cache-denial="+strconv.Itoa(benchCacheCapacity)), nil
@@ -45,7 +69,11 @@ func servers(bin string) []*server {
 			// The agent's own built-in Corefile, rendered for this port: the
 			// same plugins doing the same work, with CoreDNS's cache in the
 			// place of fastcache (which takes the same options).
-			text, err := corefile.Render("built-in", corefile.Default, corefile.Values{
+			tmpl, err := benchCorefile()
+			if err != nil {
+				return nil, err
+			}
+			text, err := corefile.Render("built-in", tmpl, corefile.Values{
 				LocalIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Upstreams: []netip.AddrPort{netip.MustParseAddrPort(upstreamAddr)},
 				ClusterDomain: "cluster.local", Port: 5302, HealthAddr: "127.0.0.1:15302", ReadyAddr: "127.0.0.1:16302",
 				MetricsAddr: "127.0.0.1:17302", ReloadInterval: 5 * time.Second, ServeStale: time.Hour,
@@ -79,13 +107,13 @@ func servers(bin string) []*server {
   module-config: "iterator"
   msg-cache-size: 64m
   rrset-cache-size: 128m
-  cache-max-ttl: 30
+  cache-max-ttl: %d
   cache-max-negative-ttl: 5
   so-reuseport: no
 forward-zone:
   name: "."
   forward-addr: 127.0.0.1@5300
-`, dir)
+`, dir, benchMaxTTL)
 			path := filepath.Join(dir, "unbound.conf")
 			if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 				return nil, err
@@ -94,7 +122,7 @@ forward-zone:
 		}},
 		{name: "dnsmasq", port: 5304, command: func(string) (*exec.Cmd, error) {
 			return exec.Command("dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=5304", "--listen-address=127.0.0.1",
-				"--bind-interfaces", "--server=127.0.0.1#5300", "--cache-size=150000", "--max-cache-ttl=30", "--user=root", "--pid-file=",
+				"--bind-interfaces", "--server=127.0.0.1#5300", "--cache-size=150000", "--max-cache-ttl="+strconv.Itoa(benchMaxTTL), "--user=root", "--pid-file=",
 				"--log-facility=-"), nil
 		}},
 	}
