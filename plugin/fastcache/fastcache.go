@@ -94,7 +94,11 @@ func (f *FastCache) capture(key []byte, m *dns.Msg, now int64) {
 	if life == 0 {
 		return
 	}
-	f.store.put(newEntry(key, resp, l, now, now+int64(life)*int64(time.Second)))
+	e := newEntry(key, resp, l, now, now+int64(life)*int64(time.Second))
+	if e == nil {
+		return
+	}
+	f.store.put(e)
 	f.m.size.Set(float64(f.store.len()))
 }
 

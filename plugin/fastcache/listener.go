@@ -189,7 +189,7 @@ func (l *listener) answer(p, key, out []byte, q *query, at time.Time) ([]byte, *
 	}
 	now := int64(at.Sub(f.store.epoch))
 	e := f.store.get(q.key, now)
-	if e == nil || len(e.resp) > q.size || e.l.nameLen != q.nameLen {
+	if e == nil || int(e.respLen) > q.size || int(e.nameLen) != q.nameLen {
 		f.m.miss()
 		return nil, nil, false
 	}
@@ -198,5 +198,5 @@ func (l *listener) answer(p, key, out []byte, q *query, at time.Time) ([]byte, *
 		f.m.miss()
 		return nil, nil, false
 	}
-	return answer(out, e.resp, &e.l, p, q, ttl), f, true
+	return answer(out, e, p, q, ttl), f, true
 }

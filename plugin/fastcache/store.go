@@ -1,40 +1,89 @@
 package fastcache
 
 import (
+	"encoding/binary"
 	"hash/maphash"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
-// entry is one stored answer: immutable once in the store.
+// entry is one stored answer, immutable once in the store. It is the
+// header of one allocation that holds, after it, the key, the answer and
+// the offsets of the answer's TTLs (big-endian uint16s): after the table's
+// slot, a hit reads one place in memory, where four separate objects (the
+// entry, the key, the answer, the offsets) would each cost a cache miss and
+// a TLB miss at moderate rates, when the kernel's work between queries has
+// evicted them. The header holds no pointers, so the allocation is a byte
+// slice the garbage collector does not scan; the *entry, pointing at its
+// start, keeps it alive.
 type entry struct {
-	// key and resp share one allocation, which a hit reads from end to
-	// end: the key to compare, then the answer to copy.
-	key, resp []byte
-	l         layout
-	// stored is when the answer carried l.ttl, and until is when the fast
+	// stored is when the answer carried ttl, and until is when the fast
 	// path stops serving it, both on the store's clock.
 	stored, until int64
+	// ttl is the TTL every record carried when the answer was stored.
+	ttl             uint32
+	keyLen, respLen uint16
+	// nameLen is the wire length of the question name; opt the offset of
+	// the OPT record's class, or 0; nttls the number of TTL offsets.
+	nameLen, opt, nttls uint16
 }
 
-// newEntry returns the entry for answer resp to the query with key key.
+const entrySize = int(unsafe.Sizeof(entry{}))
+
+// newEntry returns the entry for answer resp, with layout l, to the query
+// with key key; nil when a length does not fit the header (never for an
+// answer the fast path stores, at most maxFastAnswer bytes).
 func newEntry(key, resp []byte, l layout, stored, until int64) *entry {
-	buf := make([]byte, len(key)+len(resp))
-	copy(buf, key)
-	copy(buf[len(key):], resp)
-	return &entry{key: buf[:len(key):len(key)], resp: buf[len(key):], l: l, stored: stored, until: until}
+	if len(key) > math.MaxUint16 || len(resp) > math.MaxUint16 || len(l.ttls) > math.MaxUint16 ||
+		l.nameLen > math.MaxUint16 || l.opt > math.MaxUint16 {
+		return nil
+	}
+	// Go allocates 8-byte aligned blocks for all but the smallest sizes,
+	// and the header is larger than those.
+	buf := make([]byte, entrySize+len(key)+len(resp)+2*len(l.ttls))
+	e := (*entry)(unsafe.Pointer(unsafe.SliceData(buf)))
+	*e = entry{stored: stored, until: until, ttl: l.ttl, keyLen: uint16(len(key)), respLen: uint16(len(resp)),
+		nameLen: uint16(l.nameLen), opt: uint16(l.opt), nttls: uint16(len(l.ttls))}
+	data := buf[entrySize:]
+	copy(data, key)
+	copy(data[len(key):], resp)
+	offs := data[len(key)+len(resp):]
+	for i, o := range l.ttls {
+		binary.BigEndian.PutUint16(offs[2*i:], o)
+	}
+	return e
 }
+
+// data is the allocation after the header.
+func (e *entry) data() []byte {
+	n := int(e.keyLen) + int(e.respLen) + 2*int(e.nttls)
+	if n == 0 {
+		return nil // a pointer past the header would point past the allocation
+	}
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(e), entrySize)), n)
+}
+
+func (e *entry) key() []byte { return e.data()[:e.keyLen] }
+
+func (e *entry) resp() []byte {
+	return e.data()[e.keyLen : int(e.keyLen)+int(e.respLen)]
+}
+
+// ttlOffsets are the offsets of the TTLs in resp, as big-endian uint16s.
+func (e *entry) ttlOffsets() []byte { return e.data()[int(e.keyLen)+int(e.respLen):] }
 
 // ttlAt is the TTL the entry's records carry at now, never above what
 // CoreDNS's cache would give: the stored TTL minus the whole seconds since,
 // rounded up.
 func (e *entry) ttlAt(now int64) uint32 {
 	age := (now - e.stored + int64(time.Second) - 1) / int64(time.Second)
-	if age >= int64(e.l.ttl) {
+	if age >= int64(e.ttl) {
 		return 0
 	}
-	return e.l.ttl - uint32(age)
+	return e.ttl - uint32(age)
 }
 
 const shards = 64
@@ -44,7 +93,7 @@ const shards = 64
 //
 // Each shard is an open-addressing table of (hash of the key, entry) pairs
 // with linear probing, at most half full: a hit reads one slot, then the
-// entry, then its key and answer, which share one allocation. (A Go map
+// entry, which holds its key and answer. (A Go map
 // reads its header, directory, table and group first: each a cache miss
 // at moderate rates, when the kernel's work between queries has evicted
 // them.) The slot's hash is checked against the entry's key.
@@ -98,7 +147,7 @@ func (s *store) get(key []byte, now int64) *entry {
 		e = sh.slots[i].e
 	}
 	sh.mu.RUnlock()
-	if e == nil || now >= e.until || string(e.key) != string(key) {
+	if e == nil || now >= e.until || string(e.key()) != string(key) {
 		return nil
 	}
 	return e
@@ -107,7 +156,7 @@ func (s *store) get(key []byte, now int64) *entry {
 // put stores e under its key, in the place of any entry with the same key
 // (or, against odds of 2^-63, the same hash).
 func (s *store) put(e *entry) {
-	h := s.hash(e.key)
+	h := s.hash(e.key())
 	sh := s.shardOf(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()

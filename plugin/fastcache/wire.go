@@ -263,11 +263,12 @@ func skipName(p []byte, off int) (int, error) {
 	}
 }
 
-// answer writes into out the stored response resp for query packet p: the
+// answer writes into out the stored response of e for query packet p: the
 // query's ID, RD bit and question (with the query's case, for clients that
 // randomise it), the query's EDNS buffer size, and ttl in every record. out
-// must hold len(resp) bytes.
-func answer(out, resp []byte, l *layout, p []byte, q *query, ttl uint32) []byte {
+// must hold the response's bytes.
+func answer(out []byte, e *entry, p []byte, q *query, ttl uint32) []byte {
+	resp := e.resp()
 	out = out[:len(resp)]
 	copy(out, resp)
 	out[0], out[1] = p[0], p[1]
@@ -277,11 +278,12 @@ func answer(out, resp []byte, l *layout, p []byte, q *query, ttl uint32) []byte 
 		out[2] &^= flagRD >> 8
 	}
 	copy(out[headerLen:headerLen+q.nameLen], p[headerLen:headerLen+q.nameLen])
-	if l.opt != 0 {
-		binary.BigEndian.PutUint16(out[l.opt:], q.udpSize)
+	if e.opt != 0 {
+		binary.BigEndian.PutUint16(out[e.opt:], q.udpSize)
 	}
-	for _, o := range l.ttls {
-		binary.BigEndian.PutUint32(out[o:], ttl)
+	offs := e.ttlOffsets()
+	for i := 0; i+1 < len(offs); i += 2 {
+		binary.BigEndian.PutUint32(out[binary.BigEndian.Uint16(offs[i:]):], ttl)
 	}
 	return out
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/coredns/coredns/plugin/metrics/vars"
 	"github.com/miekg/dns"
@@ -193,7 +195,7 @@ func TestAnswerPatches(t *testing.T) {
 	if !parseQuery(p, make([]byte, maxKey), &pq) {
 		t.Fatal("not parsed")
 	}
-	out := answer(make([]byte, len(resp)), resp, &l, p, &pq, 17)
+	out := answer(make([]byte, len(resp)), newEntry(pq.key, resp, l, 0, 1), p, &pq, 17)
 	m := new(dns.Msg)
 	if err := m.Unpack(out); err != nil {
 		t.Fatal(err)
@@ -238,7 +240,7 @@ func TestLayoutRejects(t *testing.T) {
 
 func TestEntryTTL(t *testing.T) {
 	s := time.Second.Nanoseconds()
-	e := &entry{l: layout{ttl: 30}, stored: 100 * s}
+	e := newEntry(nil, nil, layout{ttl: 30}, 100*s, 0)
 	for _, tt := range []struct {
 		at   int64
 		want uint32
@@ -278,7 +280,7 @@ func TestStoreChecksKey(t *testing.T) {
 	st := newStore(100)
 	a, b := []byte("a.example.org\x00\x01"), []byte("b.example.org\x00\x01")
 	st.put(newEntry(a, []byte("answer"), layout{}, 0, 1<<62))
-	if e := st.get(a, 1); e == nil || string(e.resp) != "answer" {
+	if e := st.get(a, 1); e == nil || string(e.resp()) != "answer" {
 		t.Fatalf("stored entry not found: %v", e)
 	}
 	h := st.hash(b)
@@ -324,7 +326,7 @@ func TestStoreTable(t *testing.T) {
 				case e:
 					found++
 				default:
-					t.Fatalf("key %s: entry %q, want the latest, %q", k, got.resp, e.resp)
+					t.Fatalf("key %s: entry %q, want the latest, %q", k, got.resp(), e.resp())
 				}
 			}
 			if limit := st.perShard * shards; found > limit || st.len() != found {
@@ -497,5 +499,48 @@ func TestPendingLabels(t *testing.T) {
 		if c, d, r := testutil.ToFloat64(count)-c0, testutil.ToFloat64(do)-d0, testutil.ToFloat64(rc)-r0; c != 2 || d != wantDo || r != 2 {
 			t.Errorf("%s: requests %v, DO %v, NXDOMAIN %v; want 2, %v, 2 under zone %s", tc.name, c, d, r, wantDo, tc.zone)
 		}
+	}
+}
+
+// TestEntryHoldsItsParts: an entry gives back the key, answer, offsets and
+// header it was made with, whatever their lengths, and refuses lengths its
+// header cannot hold.
+func TestEntryHoldsItsParts(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		key, resp []byte
+		l         layout
+	}{
+		{"empty", nil, nil, layout{}},
+		{"odd lengths", []byte("k"), []byte("abc"), layout{nameLen: 3, ttls: []uint16{1}, opt: 2, ttl: 7}},
+		{"typical", bytes.Repeat([]byte{'k'}, 29), bytes.Repeat([]byte{'r'}, 301),
+			layout{nameLen: 27, ttls: []uint16{45, 61, 300}, opt: 290, ttl: 30}},
+		{"largest offsets", []byte("key"), make([]byte, 1220), layout{nameLen: 255, ttls: []uint16{0xfffe, 0x0102}, opt: 1219, ttl: 1<<32 - 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEntry(tc.key, tc.resp, tc.l, -5, 1<<62)
+			if e == nil {
+				t.Fatal("no entry")
+			}
+			if uintptr(unsafe.Pointer(e))%unsafe.Alignof(*e) != 0 {
+				t.Errorf("entry at %p, not aligned", e)
+			}
+			if !bytes.Equal(e.key(), tc.key) || !bytes.Equal(e.resp(), tc.resp) {
+				t.Errorf("key %q, answer %q; want %q, %q", e.key(), e.resp(), tc.key, tc.resp)
+			}
+			var ttls []uint16
+			for o := e.ttlOffsets(); len(o) >= 2; o = o[2:] {
+				ttls = append(ttls, binary.BigEndian.Uint16(o))
+			}
+			if !slices.Equal(ttls, tc.l.ttls) {
+				t.Errorf("TTL offsets %v, want %v", ttls, tc.l.ttls)
+			}
+			if e.stored != -5 || e.until != 1<<62 || e.ttl != tc.l.ttl || int(e.nameLen) != tc.l.nameLen || int(e.opt) != tc.l.opt {
+				t.Errorf("header %+v, want layout %+v", *e, tc.l)
+			}
+		})
+	}
+	if newEntry([]byte("k"), make([]byte, 1<<16), layout{}, 0, 1) != nil {
+		t.Error("an answer longer than the header's length field stored")
 	}
 }
