@@ -1,6 +1,14 @@
 // Command node-local-coredns is a node-local DNS cache for Kubernetes: it
 // takes over the kube-dns ClusterIP on the node, serves it with an embedded
 // CoreDNS, and keeps pods' DNS off conntrack and DNAT.
+//
+// Its TCP listeners are plain TCP, not the Multipath TCP Go gives
+// listeners by default: a drain closes a listener to new connections with
+// a socket filter before shutting it down (internal/sockets.Detach), which
+// MPTCP sockets do not support, and DNS to a node-local address has one
+// path.
+//
+//go:debug multipathtcp=0
 package main
 
 import (

@@ -8,11 +8,13 @@ import (
 	"bufio"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -87,8 +89,13 @@ func OthersServing(addrs []netip.AddrPort) (bool, error) {
 //   - each unconnected UDP socket is connected to the discard port of
 //     loopback: it no longer matches queries from anyone else, while what is
 //     already queued is still read and answered;
-//   - each TCP listener is shut down for reading: it leaves the lookup
-//     tables, while connections already accepted go on.
+//   - each TCP listener first gets a socket filter that drops every packet
+//     (no new connection completes on it; a client's SYN is sent again a
+//     second later, when the listener is gone), then, once the server has
+//     accepted the connections already queued (at most acceptWait), it is
+//     shut down for reading: it leaves the lookup tables, while the
+//     accepted connections go on. Shutting a listener down at once would
+//     reset the connections still in its accept queue.
 //
 // It returns how many sockets it detached.
 func Detach(addrs []netip.AddrPort) (int, error) {
@@ -97,6 +104,7 @@ func Detach(addrs []netip.AddrPort) (int, error) {
 		return 0, err
 	}
 	n := 0
+	var listeners []listener
 	for _, fd := range own {
 		typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 		if err != nil {
@@ -111,13 +119,9 @@ func Detach(addrs []netip.AddrPort) (int, error) {
 			continue
 		}
 		if typ == unix.SOCK_STREAM {
-			if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || listening == 0 {
-				continue
+			if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening == 1 {
+				listeners = append(listeners, listener{fd: fd, local: local})
 			}
-			if err := unix.Shutdown(fd, unix.SHUT_RD); err != nil {
-				return n, fmt.Errorf("detaching TCP listener on %s: %w", local, err)
-			}
-			n++
 			continue
 		}
 		if typ != unix.SOCK_DGRAM {
@@ -132,6 +136,57 @@ func Detach(addrs []netip.AddrPort) (int, error) {
 		}
 		if err := unix.Connect(fd, peer); err != nil {
 			return n, fmt.Errorf("detaching UDP socket on %s: %w", local, err)
+		}
+		n++
+	}
+	m, err := detachListeners(listeners, acceptWait)
+	return n + m, err
+}
+
+// acceptWait bounds how long Detach waits for the server to accept what a
+// TCP listener has queued.
+const acceptWait = 500 * time.Millisecond
+
+type listener struct {
+	fd    int
+	local netip.AddrPort
+}
+
+// dropAll is a classic BPF program that keeps no byte of any packet.
+var dropAll = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+
+// detachListeners closes ls to new connections, waits up to wait for their
+// accept queues to empty, and shuts them down for reading. A Multipath TCP
+// listener (Go's default, unless GODEBUG multipathtcp=0, as the agent
+// sets) takes no socket filter: it is shut down at once, resetting what it
+// has queued.
+func detachListeners(ls []listener, wait time.Duration) (int, error) {
+	var closed []listener
+	for _, l := range ls {
+		prog := unix.SockFprog{Len: uint16(len(dropAll)), Filter: &dropAll[0]}
+		switch err := unix.SetsockoptSockFprog(l.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); {
+		case err == nil:
+			closed = append(closed, l)
+		case errors.Is(err, unix.EOPNOTSUPP):
+		default:
+			return 0, fmt.Errorf("closing TCP listener on %s to new connections: %w", l.local, err)
+		}
+	}
+	deadline := time.Now().Add(wait)
+	for _, l := range closed {
+		for time.Now().Before(deadline) {
+			// For a listener, TCP_INFO's unacked is its accept queue.
+			info, err := unix.GetsockoptTCPInfo(l.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			if err != nil || info.Unacked == 0 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	n := 0
+	for _, l := range ls {
+		if err := unix.Shutdown(l.fd, unix.SHUT_RD); err != nil {
+			return n, fmt.Errorf("detaching TCP listener on %s: %w", l.local, err)
 		}
 		n++
 	}
