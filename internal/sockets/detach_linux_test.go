@@ -6,13 +6,18 @@ package sockets
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // TestDetachServesQueuedConnections: connections that completed their
@@ -93,4 +98,118 @@ func TestDetachServesQueuedConnections(t *testing.T) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestDetachCompletesHandshakesUnderWay: a connection whose handshake is
+// under way when its listener is closed to new connections (the client's
+// ACK not yet in) completes, and is accepted and served before the
+// listener is shut down. Run in a network namespace of its own, where an
+// iptables rule holds the client's ACK back until the listener is closed.
+func TestDetachCompletesHandshakesUnderWay(t *testing.T) {
+	name := fmt.Sprintf("nlc-detach-%d", os.Getpid())
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", name}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("creating namespace %s (the test needs root): %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	run("ip", "link", "set", "lo", "up")
+
+	// The listener and the client, made in the namespace.
+	var (
+		ln  net.Listener
+		c   net.Conn
+		err error
+	)
+	inNamespace(t, name, func() {
+		if ln, err = net.Listen("tcp", "127.0.0.1:5353"); err != nil {
+			return
+		}
+		run("iptables", "-A", "OUTPUT", "-p", "tcp", "--dport", "5353", "--tcp-flags", "SYN,ACK", "ACK", "-j", "DROP")
+		// The SYN and the SYN-ACK pass: the client's side is established,
+		// the listener's handshake waits for the ACK.
+		c, err = net.DialTimeout("tcp", "127.0.0.1:5353", 2*time.Second)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	defer c.Close()
+	fd := listenerFD(t, ln)
+	l := []listener{{fd: fd, local: netip.MustParseAddrPort("127.0.0.1:5353")}}
+
+	closed, err := closeListeners(l)
+	if err != nil || len(closed) != 1 {
+		t.Fatalf("closeListeners = %v, %v; want the listener closed", closed, err)
+	}
+	// The ACK goes through now, with the query: the handshake completes.
+	run("iptables", "-D", "OUTPUT", "-p", "tcp", "--dport", "5353", "--tcp-flags", "SYN,ACK", "ACK", "-j", "DROP")
+	if _, err := c.Write([]byte("query")); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer s.Close()
+		_, err = s.Write([]byte("ok"))
+		served <- err
+	}()
+	if _, err := shutListeners(l, closed, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("the connection under way was not served: %v", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	b := make([]byte, 2)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "ok" {
+		t.Errorf("client read %q, %v; want the answer", b, err)
+	}
+}
+
+// inNamespace runs f on a thread in network namespace name.
+func inNamespace(t *testing.T, name string, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := netns.Set(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic(fmt.Sprintf("returning to the test's namespace: %v", err))
+		}
+	}()
+	f()
+}
+
+func listenerFD(t *testing.T, ln net.Listener) int {
+	t.Helper()
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		t.Fatal(err)
+	}
+	return fd
 }

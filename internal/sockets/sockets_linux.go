@@ -89,13 +89,16 @@ func OthersServing(addrs []netip.AddrPort) (bool, error) {
 //   - each unconnected UDP socket is connected to the discard port of
 //     loopback: it no longer matches queries from anyone else, while what is
 //     already queued is still read and answered;
-//   - each TCP listener first gets a socket filter that drops every packet
-//     (no new connection completes on it; a client's SYN is sent again a
-//     second later, when the listener is gone), then, once the server has
-//     accepted the connections already queued (at most acceptWait), it is
-//     shut down for reading: it leaves the lookup tables, while the
-//     accepted connections go on. Shutting a listener down at once would
-//     reset the connections still in its accept queue.
+//   - each TCP listener first gets a socket filter that drops SYNs (no new
+//     connection starts on it; a client's SYN is sent again a second later,
+//     when the listener is gone), while handshakes already under way can
+//     complete; once the server has accepted what is queued (at most
+//     acceptWait), it is shut down for reading: it leaves the lookup
+//     tables, while the accepted connections go on. Shutting a listener
+//     down at once would reset the connections in its accept queue. (The
+//     SYNs are dropped only for the moment the queue takes to empty:
+//     waiting longer for handshakes under way would drop more SYNs than it
+//     saves handshakes, each a second's delay for its client.)
 //
 // It returns how many sockets it detached.
 func Detach(addrs []netip.AddrPort) (int, error) {
@@ -144,7 +147,7 @@ func Detach(addrs []netip.AddrPort) (int, error) {
 }
 
 // acceptWait bounds how long Detach waits for the server to accept what a
-// TCP listener has queued.
+// TCP listener closed to new connections has queued.
 const acceptWait = 500 * time.Millisecond
 
 type listener struct {
@@ -152,26 +155,47 @@ type listener struct {
 	local netip.AddrPort
 }
 
-// dropAll is a classic BPF program that keeps no byte of any packet.
-var dropAll = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+// dropSYN is a classic BPF program for a TCP socket (which it sees from the
+// TCP header on): it drops segments with SYN set and keeps the others whole.
+var dropSYN = []unix.SockFilter{
+	{Code: unix.BPF_LD | unix.BPF_B | unix.BPF_ABS, K: 13}, // the flags
+	{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, K: 0x02, Jt: 0, Jf: 1},
+	{Code: unix.BPF_RET | unix.BPF_K, K: 0},
+	{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
+}
 
-// detachListeners closes ls to new connections, waits up to wait for their
-// accept queues to empty, and shuts them down for reading. A Multipath TCP
-// listener (Go's default, unless GODEBUG multipathtcp=0, as the agent
-// sets) takes no socket filter: it is shut down at once, resetting what it
-// has queued.
+// detachListeners closes ls to new connections, waits up to wait for
+// their accept queues to empty, and shuts them down for reading.
 func detachListeners(ls []listener, wait time.Duration) (int, error) {
+	closed, err := closeListeners(ls)
+	if err != nil {
+		return 0, err
+	}
+	return shutListeners(ls, closed, wait)
+}
+
+// closeListeners gives each of ls the filter that drops SYNs, and returns
+// those that took it. A Multipath TCP listener (Go's default, unless
+// GODEBUG multipathtcp=0, as the agent sets) takes no socket filter: it is
+// shut down at once, resetting what it has queued.
+func closeListeners(ls []listener) ([]listener, error) {
 	var closed []listener
 	for _, l := range ls {
-		prog := unix.SockFprog{Len: uint16(len(dropAll)), Filter: &dropAll[0]}
+		prog := unix.SockFprog{Len: uint16(len(dropSYN)), Filter: &dropSYN[0]}
 		switch err := unix.SetsockoptSockFprog(l.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); {
 		case err == nil:
 			closed = append(closed, l)
 		case errors.Is(err, unix.EOPNOTSUPP):
 		default:
-			return 0, fmt.Errorf("closing TCP listener on %s to new connections: %w", l.local, err)
+			return nil, fmt.Errorf("closing TCP listener on %s to new connections: %w", l.local, err)
 		}
 	}
+	return closed, nil
+}
+
+// shutListeners waits up to wait for the accept queues of closed to empty,
+// then shuts every one of ls down for reading.
+func shutListeners(ls, closed []listener, wait time.Duration) (int, error) {
 	deadline := time.Now().Add(wait)
 	for _, l := range closed {
 		for time.Now().Before(deadline) {

@@ -254,6 +254,11 @@ func udpLookup(server, name string, timeout time.Duration) []Outcome {
 	for i := range out {
 		m := new(dns.Msg)
 		m.SetQuestion(name, out[i].Qtype)
+		// Two random IDs are the same once in 65,536 lookups; the answers
+		// would then be told apart by nothing, and one reported lost.
+		for _, dup := ids[m.Id]; dup; _, dup = ids[m.Id] {
+			m.Id = dns.Id()
+		}
 		ids[m.Id] = i
 		if err := c.WriteMsg(m); err != nil {
 			out[i].Kind = classify(nil, err)
