@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -167,30 +166,26 @@ var dropSYN = []unix.SockFilter{
 // detachListeners closes ls to new connections, waits up to wait for
 // their accept queues to empty, and shuts them down for reading.
 func detachListeners(ls []listener, wait time.Duration) (int, error) {
-	closed, err := closeListeners(ls)
-	if err != nil {
-		return 0, err
-	}
-	return shutListeners(ls, closed, wait)
+	return shutListeners(ls, closeListeners(ls), wait)
 }
 
 // closeListeners gives each of ls the filter that drops SYNs, and returns
-// those that took it. A Multipath TCP listener (Go's default, unless
-// GODEBUG multipathtcp=0, as the agent sets) takes no socket filter: it is
-// shut down at once, resetting what it has queued.
-func closeListeners(ls []listener) ([]listener, error) {
+// those that took it. A listener that takes none is shut down at once, as
+// before there was a filter, resetting what it has queued: a Multipath TCP
+// listener (Go's default, unless GODEBUG multipathtcp=0, as the agent
+// sets) refuses socket filters, and an unprivileged process may be refused
+// one (EPERM, when the kernel's BPF JIT memory for unprivileged users is
+// used up). Closing is an improvement on a drain, never a reason for one
+// to fail.
+func closeListeners(ls []listener) []listener {
 	var closed []listener
 	for _, l := range ls {
 		prog := unix.SockFprog{Len: uint16(len(dropSYN)), Filter: &dropSYN[0]}
-		switch err := unix.SetsockoptSockFprog(l.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); {
-		case err == nil:
+		if unix.SetsockoptSockFprog(l.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog) == nil {
 			closed = append(closed, l)
-		case errors.Is(err, unix.EOPNOTSUPP):
-		default:
-			return nil, fmt.Errorf("closing TCP listener on %s to new connections: %w", l.local, err)
 		}
 	}
-	return closed, nil
+	return closed
 }
 
 // shutListeners waits up to wait for the accept queues of closed to empty,
