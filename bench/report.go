@@ -118,18 +118,7 @@ func (r *results) markdown(o options, srvs []*server, node *nodeView, took time.
 	if len(r.keys) > 0 {
 		w("## Servers")
 		w("")
-		head := "| figure |"
-		sep := "|---|"
-		for _, s := range srvs {
-			head += " " + s.name + " |"
-			sep += "---|"
-		}
-		for _, s := range srvs[1:] {
-			head += " ratio to " + s.name + " |"
-			sep += "---|"
-		}
-		w("%s", head)
-		w("%s", sep)
+		tableHead(w, "figure", srvs)
 		for _, k := range r.keys {
 			line := "| " + k + " |"
 			for _, s := range srvs {
@@ -217,17 +206,7 @@ func (r *results) rounds(w func(string, ...any), srvs []*server) {
 		}
 		w("### %s, round by round", k)
 		w("")
-		head, sep := "| round |", "|---|"
-		for _, s := range srvs {
-			head += " " + s.name + " |"
-			sep += "---|"
-		}
-		for _, s := range srvs[1:] {
-			head += " ratio to " + s.name + " |"
-			sep += "---|"
-		}
-		w("%s", head)
-		w("%s", sep)
+		tableHead(w, "round", srvs)
 		for i := range len(r.vals[srvs[0].name][k]) {
 			line := fmt.Sprintf("| %d |", i+1)
 			for _, s := range srvs {
@@ -245,6 +224,22 @@ func (r *results) rounds(w func(string, ...any), srvs []*server) {
 		}
 		w("")
 	}
+}
+
+// tableHead writes the head of a table whose rows are first: a column per
+// server, then node-local-coredns's ratio to each peer.
+func tableHead(w func(string, ...any), first string, srvs []*server) {
+	head, sep := "| "+first+" |", "|---|"
+	for _, s := range srvs {
+		head += " " + s.name + " |"
+		sep += "---|"
+	}
+	for _, s := range srvs[1:] {
+		head += " ratio to " + s.name + " |"
+		sep += "---|"
+	}
+	w("%s", head)
+	w("%s", sep)
 }
 
 // cell formats xs[i], or a dash when there is none.

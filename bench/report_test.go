@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -86,5 +88,30 @@ func TestBenchCorefileRaisesTheCap(t *testing.T) {
 	}
 	if strings.Contains(text, "success {{ .SuccessCapacity }} 30\n") {
 		t.Error("a success line still caps at 30 s")
+	}
+}
+
+func TestRoundsTable(t *testing.T) {
+	r := newResults()
+	r.add("a", "k", 8)
+	r.add("b", "k", 10)
+	r.add("a", "k", 3)
+	r.add("b", "k", math.NaN())
+	r.paired["k"] = true
+	r.add("a", "unpaired", 1) // not written round by round
+	var lines []string
+	w := func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) }
+	r.rounds(w, []*server{{name: "a"}, {name: "b"}})
+	want := []string{
+		"### k, round by round",
+		"",
+		"| round | a | b | ratio to b |",
+		"|---|---|---|---|",
+		"| 1 | 8.00 | 10.0 | 0.80 |",
+		"| 2 | 3.00 | – | – |",
+		"",
+	}
+	if !slices.Equal(lines, want) {
+		t.Errorf("rounds wrote\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
 }
