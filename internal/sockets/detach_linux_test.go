@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // TestDetachServesQueuedConnections: connections that completed their
@@ -142,6 +143,14 @@ func TestDetachCompletesHandshakesUnderWay(t *testing.T) {
 	fd := listenerFD(t, ln)
 	l := []listener{{fd: fd, local: netip.MustParseAddrPort("127.0.0.1:5353")}}
 
+	// The rule holds: the handshake is not complete, nothing is queued.
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Unacked != 0 {
+		t.Fatalf("%d connections queued before closing; want the handshake held back", info.Unacked)
+	}
 	closed := closeListeners(l)
 	if len(closed) != 1 {
 		t.Fatalf("closeListeners = %v; want the listener closed", closed)

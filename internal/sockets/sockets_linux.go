@@ -141,7 +141,7 @@ func Detach(addrs []netip.AddrPort) (int, error) {
 		}
 		n++
 	}
-	m, err := detachListeners(listeners, acceptWait)
+	m, err := shutListeners(listeners, closeListeners(listeners), acceptWait)
 	return n + m, err
 }
 
@@ -163,20 +163,14 @@ var dropSYN = []unix.SockFilter{
 	{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
 }
 
-// detachListeners closes ls to new connections, waits up to wait for
-// their accept queues to empty, and shuts them down for reading.
-func detachListeners(ls []listener, wait time.Duration) (int, error) {
-	return shutListeners(ls, closeListeners(ls), wait)
-}
-
 // closeListeners gives each of ls the filter that drops SYNs, and returns
 // those that took it. A listener that takes none is shut down at once, as
 // before there was a filter, resetting what it has queued: a Multipath TCP
 // listener (Go's default, unless GODEBUG multipathtcp=0, as the agent
-// sets) refuses socket filters, and an unprivileged process may be refused
-// one (EPERM, when the kernel's BPF JIT memory for unprivileged users is
-// used up). Closing is an improvement on a drain, never a reason for one
-// to fail.
+// sets) refuses socket filters (EOPNOTSUPP), and some kernels refuse one
+// to a process without privileges (EPERM: this project's test machine
+// does). Closing is an improvement on a drain, never a reason for one to
+// fail.
 func closeListeners(ls []listener) []listener {
 	var closed []listener
 	for _, l := range ls {
