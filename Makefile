@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/node-local-coredns
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test unit demo deps vet clean reliability image manifests bench bench-deps
+.PHONY: all build test unit demo deps vet clean reliability image image-deps manifests bench bench-deps
 
 all: build
 
@@ -56,11 +56,21 @@ reliability: deps
 	RELIABILITY_DOC=$(CURDIR)/docs/reliability.md NODESIM_REQUIRED=1 $(GO) test -count=1 -run 'Scenario' -v ./test/e2e
 
 IMAGE ?= ghcr.io/node-local-coredns/node-local-coredns:$(VERSION)
+IMAGE_ARCHIVE := bin/node-local-coredns-image.tar
 
-# image builds the container image; it needs a Docker engine.
-image:
-	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine"; exit 1; }
-	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+# image builds the container image with podman (no Docker engine, no
+# registry: the Debian base is made by debootstrap) and writes it as an OCI
+# archive to bin/node-local-coredns-image.tar.
+image: build image-deps
+	image/build.sh $(BIN) $(IMAGE) $(IMAGE_ARCHIVE)
+
+image-deps:
+	@missing=""; for t in podman runc debootstrap; do command -v $$t >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make: podman, runc and debootstrap are needed; run as root to install them"; exit 1; fi; \
+		echo "installing podman, runc, debootstrap"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap uidmap >/dev/null; \
+	fi
 
 # manifests re-renders deploy/node-local-coredns.yaml and deploy/kustomize
 # from the Helm chart (and copies the built-in Corefile into the chart).

@@ -63,8 +63,13 @@ func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, er
 // Tables returns the iptables of each family of ips, in mode (auto: the
 // mode that holds the host's rules).
 func Tables(ctx context.Context, mode string, ips []netip.Addr, log *slog.Logger) (map[netfilter.Family]*netfilter.Iptables, error) {
+	reason := "--iptables-mode"
 	if mode == netfilter.ModeAuto {
-		mode = netfilter.DetectMode(ctx)
+		d, err := netfilter.DetectMode(ctx, netfilter.RunSave)
+		if err != nil {
+			return nil, err
+		}
+		mode, reason = d.Mode, d.Reason
 	}
 	tables := map[netfilter.Family]*netfilter.Iptables{}
 	for _, ip := range ips {
@@ -78,7 +83,7 @@ func Tables(ctx context.Context, mode string, ips []netip.Addr, log *slog.Logger
 		}
 		tables[f] = t
 	}
-	log.Info("packet filter", "mode", mode)
+	log.Info("packet filter", "mode", mode, "because", reason)
 	return tables, nil
 }
 

@@ -3,6 +3,7 @@ package netfilter
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"slices"
@@ -173,40 +174,81 @@ func quote(spec []string) string {
 	return strings.Join(parts, " ")
 }
 
+// Detection is what DetectMode found: the mode and why.
+type Detection struct {
+	Mode string
+	// Reason says which rules decided, for the log.
+	Reason string
+}
+
+// SaveFunc runs an iptables save tool (such as "iptables-legacy-save") and
+// returns what it printed. It returns an error satisfying
+// errors.Is(err, exec.ErrNotFound) when the tool is not installed.
+type SaveFunc func(ctx context.Context, tool string) ([]byte, error)
+
+// RunSave is the SaveFunc that runs the installed tool.
+func RunSave(ctx context.Context, tool string) ([]byte, error) {
+	path, err := exec.LookPath(tool)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*lockWait*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, path)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
 // DetectMode picks iptables-legacy or iptables-nft the way kube-proxy's
 // iptables wrapper does: the mode whose tables hold kubelet's hint chains,
-// else the one with more rules, nft on a tie.
-func DetectMode(ctx context.Context) string {
-	count := func(mode string) (rules int, hint bool) {
+// else the one with more rules, nft on a tie. It never guesses: when a
+// backend's rules cannot be read (a container without NET_RAW, a process
+// without NET_ADMIN) it returns an error rather than count them as none, since
+// the rules would then go to the backend kube-proxy may not use. A backend
+// whose tools are not installed holds no rules.
+func DetectMode(ctx context.Context, save SaveFunc) (Detection, error) {
+	type count struct {
+		rules int
+		hint  bool
+	}
+	counts := map[string]count{}
+	for _, mode := range []string{ModeLegacy, ModeNFT} {
+		var c count
 		for _, base := range []string{"iptables", "ip6tables"} {
-			path, err := exec.LookPath(base + "-" + mode + "-save")
-			if err != nil {
+			tool := base + "-" + mode + "-save"
+			out, err := save(ctx, tool)
+			if errors.Is(err, exec.ErrNotFound) {
 				continue
 			}
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			out, _ := exec.CommandContext(cctx, path).Output()
-			cancel()
+			if err != nil {
+				return Detection{}, fmt.Errorf("reading the %s rules with %s to tell which iptables mode the node uses: %w "+
+					"(give the agent NET_ADMIN and NET_RAW, or set --iptables-mode=legacy or nft)", base+"-"+mode, tool, err)
+			}
 			for _, l := range strings.Split(string(out), "\n") {
 				if strings.HasPrefix(l, "-") {
-					rules++
+					c.rules++
 				}
 				if strings.HasPrefix(l, ":KUBE-IPTABLES-HINT") || strings.HasPrefix(l, ":KUBE-KUBELET-CANARY") {
-					hint = true
+					c.hint = true
 				}
 			}
 		}
-		return rules, hint
+		counts[mode] = c
 	}
-	legacy, legacyHint := count(ModeLegacy)
-	nft, nftHint := count(ModeNFT)
+	legacy, nft := counts[ModeLegacy], counts[ModeNFT]
 	switch {
-	case legacyHint && !nftHint:
-		return ModeLegacy
-	case nftHint && !legacyHint:
-		return ModeNFT
-	case legacy > nft:
-		return ModeLegacy
+	case legacy.hint && !nft.hint:
+		return Detection{ModeLegacy, "kubelet's hint chains are in iptables-legacy"}, nil
+	case nft.hint && !legacy.hint:
+		return Detection{ModeNFT, "kubelet's hint chains are in iptables-nft"}, nil
+	case legacy.rules > nft.rules:
+		return Detection{ModeLegacy, fmt.Sprintf("iptables-legacy holds more rules (%d against %d)", legacy.rules, nft.rules)}, nil
 	default:
-		return ModeNFT
+		return Detection{ModeNFT, fmt.Sprintf("iptables-legacy holds no more rules than iptables-nft (%d against %d)", legacy.rules, nft.rules)}, nil
 	}
 }

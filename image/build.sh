@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# image/build.sh builds the node-local-coredns container image with podman
+# (no Docker engine, no registry) and writes it as an OCI archive.
+#
+#   image/build.sh BINARY IMAGE ARCHIVE
+#
+# The base is a minimal Debian (debootstrap from the machine's own Debian
+# mirror) with the iptables tools in both modes, made once and kept in
+# podman's storage under a tag derived from what it holds. The image adds
+# the static binary; nothing in it runs at build time, so the build needs no
+# network (podman build --network none) and podman creates none.
+set -euo pipefail
+
+binary=$1 image=$2 archive=$3
+suite=bookworm
+packages=iptables
+base="localhost/node-local-coredns-base:${suite}-$(printf '%s' "$suite $packages" | sha256sum | cut -c1-12)"
+here=$(cd "$(dirname "$0")" && pwd)
+
+# podman in a harness of its own: runc (this sandbox has hybrid cgroups),
+# cgroupfs, no network of podman's.
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/containers.conf}
+
+for tool in podman debootstrap; do
+	command -v "$tool" >/dev/null || { echo "image/build.sh: $tool is needed (apt-get install podman debootstrap runc)" >&2; exit 1; }
+done
+
+mirror() {
+	# The first Debian archive apt uses here; DEBIAN_MIRROR overrides it.
+	if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
+	local m
+	m=$(grep -hs -E '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v -- '-security' | head -1)
+	[ -n "$m" ] || m=$(grep -hs -E '^deb ' /etc/apt/sources.list | awk '{print $2}' | head -1)
+	[ -n "$m" ] || { echo "image/build.sh: no Debian mirror in apt's sources; set DEBIAN_MIRROR" >&2; exit 1; }
+	echo "$m"
+}
+
+if ! podman image exists "$base"; then
+	root=$(mktemp -d)
+	trap 'rm -rf "$root"' EXIT
+	echo "image/build.sh: building the base $base (debootstrap $suite, $packages)"
+	debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$(mirror)" >"$root.log" 2>&1 ||
+		{ tail -20 "$root.log" >&2; rm -f "$root.log"; exit 1; }
+	rm -f "$root.log"
+	# What a runtime image does not need: package lists and caches, docs.
+	rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* \
+		"$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/*
+	tar -C "$root" --numeric-owner -c . | podman import --quiet - "$base" >/dev/null
+	rm -rf "$root"
+	trap - EXIT
+fi
+
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+cp "$binary" "$context/node-local-coredns"
+podman build --quiet --network none --pull=never --build-arg "BASE=$base" -t "$image" -f "$here/../Dockerfile" "$context" >/dev/null
+mkdir -p "$(dirname "$archive")"
+rm -f "$archive"
+podman save --quiet --format oci-archive -o "$archive" "$image"
+echo "image/build.sh: $image written to $archive"
