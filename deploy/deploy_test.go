@@ -13,9 +13,6 @@ import (
 	"testing"
 
 	"helm.sh/helm/v3/pkg/action"
-	"helm.sh/helm/v3/pkg/chart/loader"
-	"helm.sh/helm/v3/pkg/chartutil"
-	"helm.sh/helm/v3/pkg/engine"
 	"helm.sh/helm/v3/pkg/lint/support"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,37 +29,13 @@ const chartDir = "helm/node-local-coredns"
 // returns the documents by template name.
 func renderHelm(t *testing.T, values map[string]any) map[string]string {
 	t.Helper()
-	ch, err := loader.Load(chartDir)
+	docs, err := RenderHelm(chartDir, values)
 	if err != nil {
 		t.Fatal(err)
-	}
-	vals, err := chartutil.ToRenderValues(ch, values, chartutil.ReleaseOptions{Name: "node-local-coredns", Namespace: "kube-system", IsInstall: true}, chartutil.DefaultCapabilities)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := engine.Render(ch, vals)
-	if err != nil {
-		t.Fatalf("rendering the chart: %v", err)
-	}
-	docs := map[string]string{}
-	for name, doc := range out {
-		if strings.HasSuffix(name, ".tpl") || strings.TrimSpace(stripComments(doc)) == "" {
-			continue
-		}
-		docs[filepath.Base(name)] = doc
 	}
 	return docs
 }
 
-func stripComments(doc string) string {
-	var keep []string
-	for _, l := range strings.Split(doc, "\n") {
-		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
-			keep = append(keep, l)
-		}
-	}
-	return strings.Join(keep, "\n")
-}
 
 // joined renders the chart's documents as one stream in a fixed order.
 func joined(docs map[string]string) string {

@@ -12,7 +12,8 @@ import (
 	"time"
 )
 
-// Agent is a node-local-coredns process running in the node's namespace.
+// Agent is a node-local-coredns process running in the node's namespace
+// (or, started with Start, any process in a namespace).
 type Agent struct {
 	cmd  *exec.Cmd
 	out  *syncBuffer
@@ -33,10 +34,16 @@ func (n *Node) StartAgentAs(uid int, binary string, args ...string) (*Agent, err
 }
 
 func (n *Node) startAgent(wrapper []string, binary string, args []string) (*Agent, error) {
-	argv := append([]string{"netns", "exec", n.NS}, wrapper...)
-	argv = append(append(argv, binary), args...)
-	cmd := exec.Command("ip", argv...)
-	cmd.Env = append(os.Environ(), n.ServiceEnv()...)
+	return Start(n.NS, n.ServiceEnv(), append(append(wrapper, binary), args...)...)
+}
+
+// Start runs argv in namespace ns with env added to this process's
+// environment. The returned Agent is any process: an agent, a watchdog, or
+// a component of the real-component cluster.
+func Start(ns string, env []string, argv ...string) (*Agent, error) {
+	binary := argv[0]
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd.Env = append(os.Environ(), env...)
 	a := &Agent{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout = a.out
 	cmd.Stderr = a.out

@@ -116,7 +116,9 @@ func (n *Node) FlushConntrack() error {
 func (n *Node) UpstreamQueries() int64 {
 	var total int64
 	for _, e := range n.Endpoints {
-		total += e.DNS.Queries()
+		if e.DNS != nil {
+			total += e.DNS.Queries()
+		}
 	}
 	return total
 }
@@ -125,7 +127,9 @@ func (n *Node) UpstreamQueries() int64 {
 func (n *Node) UpstreamQueriesFor(name string) int {
 	total := 0
 	for _, e := range n.Endpoints {
-		total += e.DNS.QueriesFor(name)
+		if e.DNS != nil {
+			total += e.DNS.QueriesFor(name)
+		}
 	}
 	return total
 }
@@ -135,7 +139,9 @@ func (n *Node) UpstreamQueriesFor(name string) int {
 func (n *Node) FromPods() []time.Time {
 	var out []time.Time
 	for _, e := range n.Endpoints {
-		out = append(out, e.DNS.FromPods()...)
+		if e.DNS != nil {
+			out = append(out, e.DNS.FromPods()...)
+		}
 	}
 	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
 	return out

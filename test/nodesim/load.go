@@ -30,6 +30,9 @@ type LoadSpec struct {
 	Duration time.Duration
 	// HitNames is the number of names cycled through (default 50).
 	HitNames int
+	// Names, if set, are the names cycled through instead (fully
+	// qualified), for a kube-dns that answers only names that exist.
+	Names []string
 	// MissEvery makes every Nth lookup ask a new name (0: never).
 	MissEvery int
 	// TCPEvery makes every Nth lookup use TCP (0: never).
@@ -188,6 +191,9 @@ loop:
 		case <-tick.C:
 			s := int(seq.Add(1))
 			l := lookup{seq: s, proto: "udp", name: fmt.Sprintf("hit-%d.default.svc.cluster.local.", s%spec.HitNames)}
+			if len(spec.Names) > 0 {
+				l.name = spec.Names[s%len(spec.Names)]
+			}
 			if spec.MissEvery > 0 && s%spec.MissEvery == 0 {
 				l.name = fmt.Sprintf("miss-%d-%d.default.svc.cluster.local.", rep.Start.UnixNano()%1e6, s)
 			}

@@ -55,6 +55,10 @@ type Options struct {
 	IptablesMode string
 	// TTL of kube-dns's answers (default 30).
 	TTL uint32
+	// External leaves kube-proxy's rules and the endpoints' DNS servers to
+	// the caller (the real-component cluster, test/cluster): the node gets
+	// its namespaces, links and addresses only, and Endpoint.DNS is nil.
+	External bool
 }
 
 // Node is a simulated node.
@@ -81,6 +85,7 @@ type Endpoint struct {
 	NS  string
 	IP  netip.Addr
 	IP6 netip.Addr
+	// DNS is the simulated kube-dns server (nil on an External node).
 	DNS *AuthDNS
 }
 
@@ -202,6 +207,10 @@ func New(ctx context.Context, o Options) (n *Node, err error) {
 		); err != nil {
 			return nil, err
 		}
+		n.Endpoints = append(n.Endpoints, e)
+		if o.External {
+			continue
+		}
 		var pc net.PacketConn
 		var ln net.Listener
 		err := InNS(e.NS, func() error {
@@ -216,13 +225,18 @@ func New(ctx context.Context, o Options) (n *Node, err error) {
 			return nil, fmt.Errorf("starting kube-dns endpoint in %s: %w", e.NS, err)
 		}
 		e.DNS = NewAuthDNS(ClusterDomain, o.TTL, pc, ln)
-		n.Endpoints = append(n.Endpoints, e)
+	}
+	if o.External {
+		return n, nil
 	}
 	if err := n.installKubeProxy(ctx); err != nil {
 		return nil, err
 	}
 	return n, nil
 }
+
+// AddNS adds namespace name, deleted with the node (Close).
+func (n *Node) AddNS(name string) error { return n.addNS(name) }
 
 func (n *Node) addNS(name string) error {
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
@@ -263,7 +277,9 @@ func (n *Node) NodeExec(ctx context.Context, args ...string) (string, error) {
 // created. It is safe to call more than once.
 func (n *Node) Close() error {
 	for _, e := range n.Endpoints {
-		e.DNS.shutdown()
+		if e.DNS != nil {
+			e.DNS.shutdown()
+		}
 	}
 	n.Endpoints = nil
 	var errs []error
