@@ -36,7 +36,6 @@ func renderHelm(t *testing.T, values map[string]any) map[string]string {
 	return docs
 }
 
-
 // joined renders the chart's documents as one stream in a fixed order.
 func joined(docs map[string]string) string {
 	names := make([]string, 0, len(docs))
