@@ -411,6 +411,26 @@ func (c *Cluster) waitKubeDNS(ctx context.Context) error {
 	})
 }
 
+// WaitService waits until a pod resolves through the Service at ip (TCP
+// and UDP): kube-proxy has programmed it with its endpoints.
+func (c *Cluster) WaitService(ctx context.Context, ip netip.Addr) error {
+	return poll(ctx, 60*time.Second, "kube-proxy to program the Service at "+ip.String(), func() error {
+		if err := c.componentsRunning(); err != nil {
+			return errStopped(err)
+		}
+		for _, proto := range []string{"udp", "tcp"} {
+			r, _, err := c.Node.Pods[0].Query(proto, ip, "kubernetes.default.svc.cluster.local.", dns.TypeA)
+			if err != nil {
+				return err
+			}
+			if r.Rcode != dns.RcodeSuccess {
+				return fmt.Errorf("%s answer %s", proto, dns.RcodeToString[r.Rcode])
+			}
+		}
+		return nil
+	})
+}
+
 // componentsRunning reports a component that exited.
 func (c *Cluster) componentsRunning() error {
 	c.proxyMu.Lock()

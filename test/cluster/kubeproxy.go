@@ -131,7 +131,7 @@ func (c *Cluster) WaitKubeProxySync(ctx context.Context, since time.Time) error 
 // KubeProxySyncs returns how many times kube-proxy has synced its rules
 // since it started.
 func (c *Cluster) KubeProxySyncs(ctx context.Context) (float64, error) {
-	return metricValue(ctx, c.Node.NS, "http://127.0.0.1:10249/metrics", "kubeproxy_sync_proxy_rules_duration_seconds_count")
+	return metricValue(ctx, c.Node.NS, "http://127.0.0.1:10249/metrics", "kubeproxy_sync_proxy_rules_duration_seconds")
 }
 
 // iptablesPath returns a PATH whose first directory holds the iptables

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +13,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/node-local-coredns/node-local-coredns/deploy"
 	"github.com/node-local-coredns/node-local-coredns/test/cluster"
@@ -178,7 +178,11 @@ func applyManifests(t *testing.T, c *cluster.Cluster) *appsv1.DaemonSet {
 		t.Fatalf("the node-local-coredns Service has no ClusterIP: %q", svc.Spec.ClusterIP)
 	}
 	t.Logf("the API server gave the node-local-coredns Service %v", svc.Spec.ClusterIPs)
-	var _ runtime.Object = u
+	for _, ip := range svc.Spec.ClusterIPs {
+		if err := c.WaitService(ctx, netip.MustParseAddr(ip)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return u
 }
 
@@ -203,14 +207,21 @@ func runPod(t *testing.T, c *cluster.Cluster, env *clusterEnv, ds *appsv1.Daemon
 	return pod
 }
 
+// TestCluster runs the agent and watchdog from the image, as the
+// DaemonSet's pod, on a cluster of real components, once per kube-proxy
+// mode, through every scenario of docs/compatibility.md.
 func TestCluster(t *testing.T) {
 	env := setupClusterEnv(t)
 	for _, mode := range cluster.Modes {
 		t.Run(mode, func(t *testing.T) {
-			c := newCluster(t, env, cluster.Options{Mode: mode})
-			ds := applyManifests(t, c)
-			pod := runPod(t, c, env, ds, "nlc-a")
-			t.Log(pod.Containers["node-local-coredns"].Logs(t.Context(), env.podman))
+			s := newSuite(t, env, cluster.Options{Mode: mode, DualStack: mode == cluster.Nftables})
+			for _, sc := range clusterScenarios {
+				if !t.Run(sc.name, func(t *testing.T) { sc.run(t, s) }) {
+					// Later scenarios start from the state an earlier
+					// one leaves; one failure ends the mode.
+					return
+				}
+			}
 		})
 	}
 }

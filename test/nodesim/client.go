@@ -146,3 +146,29 @@ func (n *Node) FromPods() []time.Time {
 	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
 	return out
 }
+
+// DeleteConntrackTo deletes the node's conntrack entries whose original
+// destination is dst, and no others (flushing the whole table would also
+// cut connections the test does not look at, such as a CoreDNS's watch of
+// the API server through a ClusterIP). It returns how many it deleted.
+func (n *Node) DeleteConntrackTo(dst netip.Addr) (uint, error) {
+	ns, err := netns.GetFromName(n.NS)
+	if err != nil {
+		return 0, err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	family := netlink.InetFamily(netlink.FAMILY_V4)
+	if dst.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	f := &netlink.ConntrackFilter{}
+	if err := f.AddIP(netlink.ConntrackOrigDstIP, dst.AsSlice()); err != nil {
+		return 0, err
+	}
+	return h.ConntrackDeleteFilters(netlink.ConntrackTable, family, f)
+}
