@@ -1,7 +1,8 @@
 # node-local-coredns
 #
 #   make demo   the simulated node, end to end (root)
-#   make test   every test (root; installs iptables, nftables and conntrack when missing)
+#   make test   every test (root; installs iptables, nftables, conntrack, podman
+#               and debootstrap when missing)
 #   make build  the binary in bin/
 
 GO       ?= go
@@ -10,7 +11,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/node-local-coredns
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test unit demo deps vet clean reliability image image-deps manifests bench bench-deps
+.PHONY: all build test unit demo deps vet clean reliability image image-deps components manifests bench bench-deps
 
 all: build
 
@@ -34,11 +35,18 @@ vet:
 	$(GO) vet ./...
 
 # test runs every test. As root the namespace tests are required: a skipped
-# one fails the run. Then a short run of the fast path's fuzz target.
+# one fails the run. The cluster tests (TestCluster) run the image that
+# make image writes and the real Kubernetes components, built first (cold:
+# minutes; cached after). Then a short run of the fast path's fuzz target.
 FUZZTIME ?= 20s
-test: deps vet
-	NODESIM_REQUIRED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test $(GOTESTFLAGS) -count=1 -timeout 30m ./...
+test: deps vet image components
+	NODESIM_REQUIRED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test $(GOTESTFLAGS) -count=1 -timeout 45m ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzAnswer$$' -fuzztime $(FUZZTIME) ./plugin/fastcache
+
+# components builds (or finds cached) kube-apiserver, kube-proxy, etcd and
+# CoreDNS at the versions pinned in test/cluster/components.
+components:
+	$(GO) run ./test/cluster/components
 
 # unit runs the tests that need no root.
 unit:

@@ -423,3 +423,30 @@ func (ct *Container) Probe(ctx context.Context, pm Podman, probe *corev1.Probe) 
 	}
 	return fmt.Errorf("%s: only exec and httpGet probes are run by the harness", ct.Spec.Name)
 }
+
+// Sweep removes the containers that a cluster of a process that no longer
+// runs left behind (named nlk-<pid>-...), and none other.
+func (p Podman) Sweep(ctx context.Context) error {
+	out, err := p.Run(ctx, "ps", "--all", "--format", "{{.Names}}")
+	if err != nil {
+		return err
+	}
+	for _, name := range strings.Fields(out) {
+		rest, ok := strings.CutPrefix(name, "nlk-")
+		if !ok {
+			continue
+		}
+		pidStr, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue
+		}
+		if _, err := p.Run(ctx, "rm", "--force", "--time", "0", name); err != nil {
+			return err
+		}
+	}
+	return nil
+}

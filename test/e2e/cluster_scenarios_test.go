@@ -262,6 +262,7 @@ var clusterScenarios = []struct {
 	{"rolling-upgrade", scenarioRollingUpgrade},
 	{"graceful-stop", scenarioGracefulStop},
 	{"kube-dns-endpoints", scenarioEndpoints},
+	{"mode-detection", scenarioModeDetection},
 }
 
 // Pods are served by the agent: their DNS leaves no conntrack entry, the
@@ -635,4 +636,48 @@ func scenarioEndpoints(t *testing.T, s *suite) {
 	if lateFailed != 0 {
 		t.Errorf("%d misses failed more than 1 s after the restarted endpoint was ready", lateFailed)
 	}
+}
+
+// Without NET_RAW the agent cannot read the iptables-legacy tables; it
+// says so and stops before it touches the node, rather than guess nft (as
+// it once did, putting its rules where an iptables-legacy kube-proxy's are
+// not). The running pod is stopped first, so that the node is bare.
+func scenarioModeDetection(t *testing.T, s *suite) {
+	ctx := t.Context()
+	for _, name := range []string{"node-local-coredns", "watchdog"} {
+		if err := s.pod.Containers[name].Stop(ctx, s.env.podman); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds := s.ds.DeepCopy()
+	for i, c := range ds.Spec.Template.Spec.Containers {
+		caps := c.SecurityContext.Capabilities
+		caps.Add = slices.DeleteFunc(slices.Clone(caps.Add), func(c corev1.Capability) bool { return c == "NET_RAW" })
+		ds.Spec.Template.Spec.Containers[i].SecurityContext.Capabilities = caps
+	}
+	s.pods++
+	pod, err := s.c.RunPod(ctx, s.env.podman, ds, testImage, fmt.Sprintf("nlc-%d-no-net-raw", s.pods))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := pod.Containers["node-local-coredns"]
+	eventually(t, 30*time.Second, "the agent without NET_RAW to exit", func() bool { return !agent.Running(ctx, s.env.podman) })
+	code, _, err := agent.ExitCode(ctx, s.env.podman)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := agent.Logs(ctx, s.env.podman)
+	if code == 0 || !strings.Contains(logs, "reading the iptables-legacy rules") || !strings.Contains(logs, "--iptables-mode") {
+		t.Errorf("without NET_RAW: exit %d, want an error naming the unreadable iptables-legacy rules and --iptables-mode:\n%s", code, lastLines(logs, 10))
+	}
+	if strings.Contains(logs, "msg=serving") {
+		t.Error("the agent served without knowing the node's iptables mode")
+	}
+	if rules := s.agentRules(t); rules != "" {
+		t.Errorf("the agent touched the node's rules:\n%s", rules)
+	}
+	if addrs, _ := s.c.Node.Addrs(ctx, "nodelocaldns"); addrs != "" {
+		t.Errorf("the agent touched the node's interfaces: %q", addrs)
+	}
+	t.Logf("without NET_RAW: exit %d, %s", code, lastLines(logs, 1))
 }

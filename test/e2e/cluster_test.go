@@ -74,6 +74,9 @@ func setupClusterEnv(t *testing.T) *clusterEnv {
 		t.Fatal(err)
 	}
 	pm := cluster.Podman{Conf: conf}
+	if err := pm.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := pm.LoadImage(ctx, archive, testImage); err != nil {
 		t.Fatal(err)
 	}

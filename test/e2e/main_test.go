@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	if why := nodesim.Supported(); why == "" {
 		// Namespaces an earlier, killed run left behind.
-		if err := nodesim.Sweep("nlc"); err != nil {
+		if err := nodesim.Sweep("nlc", "nlk"); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 		}
 		dir, err := os.MkdirTemp("", "nlc-e2e-")

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -317,6 +318,15 @@ func Sweep(prefixes ...string) error {
 			}
 			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 				continue // its process still runs
+			}
+			// Processes the dead test started there (a cluster's etcd,
+			// kube-apiserver, CoreDNS) outlive it; end them first.
+			if out, err := exec.Command("ip", "netns", "pids", e.Name()).Output(); err == nil {
+				for _, f := range strings.Fields(string(out)) {
+					if p, err := strconv.Atoi(f); err == nil && p > 1 {
+						_ = syscall.Kill(p, syscall.SIGKILL)
+					}
+				}
 			}
 			if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
 				errs = append(errs, fmt.Errorf("deleting stale namespace %s: %w: %s", e.Name(), err, bytes.TrimSpace(out)))
