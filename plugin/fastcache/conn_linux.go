@@ -314,21 +314,37 @@ func (c *conn) serve(i int, p []byte) bool {
 	return true
 }
 
+// A batch of received packets is read exactly once. Its states:
+//
+//   - empty (c.rx.n == 0): receive and receiveBlocking empty it before they
+//     wait, and leave it empty on every return but a successful read;
+//   - filled (c.rx.n > 0, c.next == 0): by a successful read alone;
+//   - consumed (c.next counts up to c.rx.n): by readFrom, one packet at a
+//     time, each answered or handed to miekg/dns.
+//
+// So a return without packets (the read deadline, which miekg/dns treats as
+// temporary and follows with another read, or Close) can never leave the
+// last batch to be read again.
+func (c *conn) emptyBatch() { c.next, c.rx.n, c.errno = 0, 0, 0 }
+
 // receive waits until at least one packet is there, then takes what is
 // queued, up to a batch.
 func (c *conn) receive() error {
 	if c.blocking {
 		return c.receiveBlocking()
 	}
-	c.next, c.rx.n, c.errno = 0, 0, 0
+	c.emptyBatch()
 	if err := c.rc.Read(c.readFn); err != nil {
+		c.emptyBatch()
 		if c.closed.Load() {
 			return net.ErrClosed
 		}
 		return err
 	}
 	if c.errno != 0 {
-		return fmt.Errorf("reading from %s: %w", c.local, c.errno)
+		err := fmt.Errorf("reading from %s: %w", c.local, c.errno)
+		c.emptyBatch()
+		return err
 	}
 	c.at = time.Now()
 	return nil
@@ -338,8 +354,8 @@ func (c *conn) receive() error {
 // on it: it sleeps in the kernel until a packet comes, waking every
 // idleWake to flush the metrics and to check the read deadline.
 func (c *conn) receiveBlocking() error {
-	c.next = 0
 	for {
+		c.emptyBatch()
 		if d := c.deadline.Load(); d != 0 && c.at.UnixNano() >= d || c.stopped.Load() {
 			return os.ErrDeadlineExceeded
 		}
@@ -347,13 +363,14 @@ func (c *conn) receiveBlocking() error {
 			runtime.Gosched()
 			c.yielded = c.at
 		}
-		c.rx.n, c.errno = 0, 0
 		c.recvBlocking(uintptr(c.fd))
 		switch {
 		case c.closed.Load():
+			c.emptyBatch()
 			return net.ErrClosed
 		case c.stopped.Load():
 			// The packets read after the shutdown are empty.
+			c.emptyBatch()
 			return os.ErrDeadlineExceeded
 		}
 		switch c.errno {
@@ -374,7 +391,9 @@ func (c *conn) receiveBlocking() error {
 			c.at = time.Now()
 			c.counts.flush()
 		default:
-			return fmt.Errorf("reading from %s: %w", c.local, c.errno)
+			err := fmt.Errorf("reading from %s: %w", c.local, c.errno)
+			c.emptyBatch()
+			return err
 		}
 	}
 }
