@@ -214,6 +214,7 @@ func corefileValues(cfg config.Config) corefile.Values {
 		MetricsAddr:     cfg.MetricsAddr,
 		ReloadInterval:  cfg.ReloadInterval,
 		ServeStale:      cfg.ServeStale,
+		MaxUDPSize:      cfg.MaxUDPSize,
 		SuccessCapacity: cfg.SuccessCapacity,
 		DenialCapacity:  cfg.DenialCapacity,
 	}

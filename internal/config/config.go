@@ -27,6 +27,15 @@ const (
 	DefaultReloadInterval  = 5 * time.Second
 	DefaultServeStale      = time.Hour
 	DefaultCacheCapacity   = 9984
+	// DefaultMaxUDPSize caps UDP answers whatever buffer a client
+	// advertises (DNS Flag Day 2020; Unbound's and Knot Resolver's
+	// default): larger answers are truncated (TC), and the client asks
+	// again over TCP.
+	DefaultMaxUDPSize = 1232
+	// minMaxUDPSize is the smallest cap: the fast path answers up to
+	// 1,220 bytes itself, within any cap at or above it.
+	minMaxUDPSize = 1232
+	maxMaxUDPSize = 4096
 	// DefaultProbeMark is the firewall mark on the watchdog's probes. It
 	// avoids the bits kube-proxy (0x4000, 0x8000) and Calico (0xffff0000)
 	// use.
@@ -64,6 +73,8 @@ type Config struct {
 	// ServeStale is how long expired cache entries are served while
 	// kube-dns does not answer (RFC 8767).
 	ServeStale time.Duration
+	// MaxUDPSize caps UDP answers, in bytes.
+	MaxUDPSize int
 	// SetupInterface adds the local IPs to Interface (and creates it).
 	SetupInterface bool
 	// SetupNetfilter installs the NOTRACK/ACCEPT rules.
@@ -122,6 +133,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.IntVar(&c.SuccessCapacity, "cache-success", DefaultCacheCapacity, "capacity of the cache for answers (entries)")
 	fs.IntVar(&c.DenialCapacity, "cache-denial", DefaultCacheCapacity, "capacity of the cache for denials, NXDOMAIN and NODATA (entries)")
 	fs.DurationVar(&c.ServeStale, "serve-stale", DefaultServeStale, "how long expired cache entries are served while kube-dns does not answer (0: never)")
+	fs.IntVar(&c.MaxUDPSize, "max-udp-size", DefaultMaxUDPSize, fmt.Sprintf("largest UDP answer in bytes, whatever the client advertises (%d to %d); larger ones are truncated for the client to retry over TCP", minMaxUDPSize, maxMaxUDPSize))
 	fs.BoolVar(&c.SetupInterface, "setup-interface", true, "add the local IPs to --interface")
 	fs.BoolVar(&c.SetupNetfilter, "setup-netfilter", true, "install the NOTRACK and ACCEPT rules")
 	fs.BoolVar(&c.DivertHostNetwork, "divert-host-network", false, "also take host-network clients off conntrack (not gated on a bound socket)")
@@ -410,6 +422,9 @@ func (c *Config) validate() error {
 	}
 	if c.ServeStale < 0 || c.ServeStale%time.Second != 0 {
 		return &Error{Flag: "serve-stale", Err: fmt.Errorf("%s is not a whole number of seconds, 0 or more", c.ServeStale)}
+	}
+	if c.MaxUDPSize < minMaxUDPSize || c.MaxUDPSize > maxMaxUDPSize {
+		return &Error{Flag: "max-udp-size", Err: fmt.Errorf("%d is not between %d and %d bytes", c.MaxUDPSize, minMaxUDPSize, maxMaxUDPSize)}
 	}
 	if c.SyncInterval < time.Second {
 		return &Error{Flag: "sync-interval", Err: fmt.Errorf("%s is shorter than 1s", c.SyncInterval)}

@@ -39,6 +39,8 @@ type Values struct {
 	// ServeStale is how long expired entries are served while the upstream
 	// does not answer; 0 disables serve-stale.
 	ServeStale time.Duration
+	// MaxUDPSize caps UDP answers (the bufsize plugin), in bytes.
+	MaxUDPSize int
 }
 
 var funcs = template.FuncMap{

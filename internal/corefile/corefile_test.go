@@ -23,6 +23,7 @@ func values() Values {
 		MetricsAddr:     ":9253",
 		ReloadInterval:  5 * time.Second,
 		ServeStale:      time.Hour,
+		MaxUDPSize:      1232,
 		SuccessCapacity: 9984,
 		DenialCapacity:  9984,
 	}
@@ -38,6 +39,7 @@ func TestRenderDefaultGolden(t *testing.T) {
 	custom.MetricsAddr = "127.0.0.1:19253"
 	custom.ReloadInterval = time.Minute
 	custom.ServeStale = 0
+	custom.MaxUDPSize = 4096
 	for _, tc := range []struct {
 		golden string
 		v      Values
@@ -83,12 +85,20 @@ func TestDefaultProperties(t *testing.T) {
 		"forward . 172.27.255.79:53 {\n        force_tcp",
 		"read_timeout 900ms\n        max_connect_attempts 2", // SERVFAIL within 2 s
 		".:53 {",
-		"forward . 172.27.255.79:53 {\n        read_timeout",
+		"bufsize 1232", // UDP answers capped (DNS Flag Day 2020)
 		"health 127.0.0.1:8080", "ready 127.0.0.1:8181", "prometheus :9253", "loop", "reload 5s", "errors",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("built-in Corefile lacks %q", want)
 		}
+	}
+	// Every forward is over TCP: no forwarder's UDP port for a forged
+	// answer to aim at.
+	if n, tcp := strings.Count(got, "forward ."), strings.Count(got, "force_tcp"); n != 2 || tcp != n {
+		t.Errorf("%d forwards, %d of them force_tcp; want 2, both", n, tcp)
+	}
+	if n := strings.Count(got, "bufsize 1232"); n != 2 {
+		t.Errorf("bufsize in %d server blocks, want the 2 that answer clients", n)
 	}
 	if strings.Contains(got, "/etc/resolv.conf") {
 		t.Error("the built-in Corefile must send every name to kube-dns, not to the node's resolv.conf")

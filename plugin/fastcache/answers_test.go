@@ -72,3 +72,26 @@ func TestOneAnswerPerQuery(t *testing.T) {
 		})
 	}
 }
+
+// TestBufsizeBeforeTheFastPath: bufsize before fastcache leaves the fast
+// path on, and its answers cap the client's buffer size as bufsize does
+// (the echoed size is the cap, as CoreDNS's cache echoes it).
+func TestBufsizeBeforeTheFastPath(t *testing.T) {
+	up := authServer(t)
+	addr := startCoreDNS(t, ".", "    bufsize 1232\n    fastcache {\n        success 1000 30\n    }\n    forward . "+up)
+	if c := fastConn(t, addr); c.l == nil {
+		t.Fatal("no fast path")
+	}
+	q := new(dns.Msg)
+	q.SetQuestion("a.example.org.", dns.TypeA)
+	q.SetEdns0(4096, false)
+	untilFast(t, addr, q, ".")
+	before := served(".")
+	r := exchange(t, "udp", addr, q)
+	if served(".") != before+1 {
+		t.Fatal("not answered by the fast path")
+	}
+	if o := r.IsEdns0(); o == nil || o.UDPSize() != 1232 {
+		t.Errorf("the fast path's answer has OPT %v, want the buffer size 1232", o)
+	}
+}

@@ -29,7 +29,11 @@ type FastCache struct {
 	// fast is set at start-up when the plugins before this one in the
 	// chain have no effect on a cache hit (see eligible).
 	fast atomic.Bool
-	m    *zoneMetrics
+	// maxUDP is the bufsize plugin's cap on the client's advertised UDP
+	// buffer when it runs before this one (0: none): the fast path caps it
+	// the same way.
+	maxUDP int
+	m      *zoneMetrics
 }
 
 // Name implements plugin.Handler.

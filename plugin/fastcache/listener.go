@@ -187,6 +187,10 @@ func (l *listener) answer(p, key, out []byte, q *query, at time.Time) ([]byte, *
 	if f == nil || !f.fast.Load() {
 		return nil, nil, false
 	}
+	if int(q.udpSize) > f.maxUDP && f.maxUDP > 0 {
+		// bufsize: the answer fits the cap and echoes it.
+		q.udpSize, q.size = uint16(f.maxUDP), f.maxUDP
+	}
 	now := int64(at.Sub(f.store.epoch))
 	e := f.store.get(q.key, now)
 	if e == nil || int(e.respLen) > q.size || int(e.nameLen) != q.nameLen {

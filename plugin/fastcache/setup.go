@@ -13,6 +13,7 @@ import (
 	"github.com/coredns/caddy/caddyfile"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/bufsize"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
 )
 
@@ -119,12 +120,14 @@ func joinHostPort(h, p string) string {
 }
 
 // fastBefore are the plugins that may run before fastcache without turning
-// the fast path off: on a cache hit, errors does nothing, and the fast path
-// counts what prometheus counts.
-var fastBefore = map[string]bool{"errors": true, "prometheus": true}
+// the fast path off: on a cache hit, errors does nothing, the fast path
+// counts what prometheus counts, and it caps the client's buffer size as
+// bufsize does (eligible reads the cap).
+var fastBefore = map[string]bool{"errors": true, "prometheus": true, "bufsize": true}
 
 // eligible reports whether a hit answered by the fast path is what the
 // plugin chain would answer: only plugins of fastBefore run before this one.
+// It records bufsize's cap.
 func (f *FastCache) eligible(cfg *dnsserver.Config) bool {
 	if f.opts.keepTTL {
 		log.Infof("zone %s: fast path off: keepttl keeps the TTL the fast path would age", f.zone)
@@ -133,7 +136,16 @@ func (f *FastCache) eligible(cfg *dnsserver.Config) bool {
 	me := slices.Index(dnsserver.Directives, pluginName)
 	for _, h := range cfg.Handlers() {
 		i := slices.Index(dnsserver.Directives, h.Name())
-		if i < 0 || i >= me || fastBefore[h.Name()] {
+		if i < 0 || i >= me {
+			continue
+		}
+		switch b := h.(type) {
+		case bufsize.Bufsize:
+			f.maxUDP = b.Size
+		case *bufsize.Bufsize:
+			f.maxUDP = b.Size
+		}
+		if fastBefore[h.Name()] {
 			continue
 		}
 		log.Infof("zone %s: fast path off: plugin %s runs before fastcache on every query", f.zone, h.Name())
