@@ -72,6 +72,17 @@ func startBigUpstream(t *testing.T, delay time.Duration) *bigUpstream {
 // kube-dns, and returns the address it answers on.
 func startBuiltIn(t *testing.T, up netip.AddrPort, edit func(*corefile.Values)) string {
 	t.Helper()
+	return startTemplate(t, up, corefile.Default, edit)
+}
+
+// startBuiltInText is startBuiltIn with the template text.
+func startBuiltInText(t *testing.T, up netip.AddrPort, text string) string {
+	t.Helper()
+	return startTemplate(t, up, text, nil)
+}
+
+func startTemplate(t *testing.T, up netip.AddrPort, tmpl string, edit func(*corefile.Values)) string {
+	t.Helper()
 	free := func(network string) int {
 		l, err := net.Listen(network, "127.0.0.1:0")
 		if err != nil {
@@ -91,7 +102,7 @@ func startBuiltIn(t *testing.T, up netip.AddrPort, edit func(*corefile.Values)) 
 	if edit != nil {
 		edit(&v)
 	}
-	text, err := corefile.Render("built-in", corefile.Default, v)
+	text, err := corefile.Render("built-in", tmpl, v)
 	if err != nil {
 		t.Fatal(err)
 	}
