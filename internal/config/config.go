@@ -408,8 +408,8 @@ func (c *Config) validate() error {
 		}
 	}
 	domain := strings.TrimSuffix(c.ClusterDomain, ".")
-	if domain == "" || strings.ContainsAny(domain, " \t{}") {
-		return &Error{Flag: "cluster-domain", Err: fmt.Errorf("%q is not a domain", c.ClusterDomain)}
+	if !isDomain(domain) {
+		return &Error{Flag: "cluster-domain", Err: fmt.Errorf("%q is not a domain (labels of letters, digits and hyphens)", c.ClusterDomain)}
 	}
 	c.ClusterDomain = domain
 	switch c.IptablesMode {
@@ -438,6 +438,26 @@ func (c *Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// isDomain reports whether s is a DNS name of host-name labels: nothing
+// that the Corefile's syntax gives a meaning to (spaces, newlines, braces,
+// quotes) can be in it.
+func isDomain(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func splitList(s string) []string {

@@ -159,6 +159,12 @@ func TestParseErrorsNameFlagAndEnv(t *testing.T) {
 		{name: "port too large", args: []string{"--port=70000"}, getenv: podEnv, wantFlag: "port"},
 		{name: "interface name too long", args: []string{"--interface=averyveryverylongname"}, getenv: podEnv, wantFlag: "interface"},
 		{name: "empty cluster domain", args: []string{"--cluster-domain=."}, getenv: podEnv, wantFlag: "cluster-domain"},
+		// A newline would start a new line of the Corefile (found by
+		// FuzzCorefileValues): "cluster.local\nwhoami" made a server block.
+		{name: "newline in the cluster domain", args: []string{"--cluster-domain=cluster.local\nwhoami"}, getenv: podEnv, wantFlag: "cluster-domain"},
+		{name: "quote in the cluster domain", args: []string{`--cluster-domain=clu"ster.local`}, getenv: podEnv, wantFlag: "cluster-domain"},
+		{name: "UDP cap too small", args: []string{"--max-udp-size=512"}, getenv: podEnv, wantFlag: "max-udp-size"},
+		{name: "UDP cap too large", args: []string{"--max-udp-size=65535"}, getenv: podEnv, wantFlag: "max-udp-size"},
 		{name: "sync too often", args: []string{"--sync-interval=10ms"}, getenv: podEnv, wantFlag: "sync-interval"},
 		{name: "reload too often", args: []string{"--reload-interval=1s"}, getenv: podEnv, wantFlag: "reload-interval"},
 		{name: "bad iptables mode", args: []string{"--iptables-mode=ipvs"}, getenv: podEnv, wantFlag: "iptables-mode"},
