@@ -37,11 +37,15 @@ vet:
 # test runs every test. As root the namespace tests are required: a skipped
 # one fails the run. The cluster tests (TestCluster) run the image that
 # make image writes and the real Kubernetes components, built first (cold:
-# minutes; cached after). Then a short run of the fast path's fuzz target.
+# minutes; cached after). Then short runs of the fuzz targets: the fast
+# path's wire parsing, the TCP stream, the Corefile's values.
 FUZZTIME ?= 20s
+FUZZTIME_SHORT ?= 10s
 test: deps vet image components
 	NODESIM_REQUIRED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test $(GOTESTFLAGS) -count=1 -timeout 45m ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzAnswer$$' -fuzztime $(FUZZTIME) ./plugin/fastcache
+	$(GO) test -run '^$$' -fuzz '^FuzzTCPStream$$' -fuzztime $(FUZZTIME_SHORT) ./internal/server
+	$(GO) test -run '^$$' -fuzz '^FuzzCorefileValues$$' -fuzztime $(FUZZTIME_SHORT) ./internal/agent
 
 # components builds (or finds cached) kube-apiserver, kube-proxy, etcd and
 # CoreDNS at the versions pinned in test/cluster/components.

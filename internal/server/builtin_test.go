@@ -24,7 +24,7 @@ type bigUpstream struct {
 	delay time.Duration
 }
 
-func startBigUpstream(t *testing.T, delay time.Duration) *bigUpstream {
+func startBigUpstream(t testing.TB, delay time.Duration) *bigUpstream {
 	t.Helper()
 	u := &bigUpstream{delay: delay}
 	var pc net.PacketConn
@@ -70,18 +70,18 @@ func startBigUpstream(t *testing.T, delay time.Duration) *bigUpstream {
 
 // startBuiltIn serves the built-in Corefile on 127.0.0.1:port with up as
 // kube-dns, and returns the address it answers on.
-func startBuiltIn(t *testing.T, up netip.AddrPort, edit func(*corefile.Values)) string {
+func startBuiltIn(t testing.TB, up netip.AddrPort, edit func(*corefile.Values)) string {
 	t.Helper()
 	return startTemplate(t, up, corefile.Default, edit)
 }
 
 // startBuiltInText is startBuiltIn with the template text.
-func startBuiltInText(t *testing.T, up netip.AddrPort, text string) string {
+func startBuiltInText(t testing.TB, up netip.AddrPort, text string) string {
 	t.Helper()
 	return startTemplate(t, up, text, nil)
 }
 
-func startTemplate(t *testing.T, up netip.AddrPort, tmpl string, edit func(*corefile.Values)) string {
+func startTemplate(t testing.TB, up netip.AddrPort, tmpl string, edit func(*corefile.Values)) string {
 	t.Helper()
 	free := func(network string) int {
 		l, err := net.Listen(network, "127.0.0.1:0")
