@@ -638,10 +638,12 @@ func scenarioEndpoints(t *testing.T, s *suite) {
 	}
 }
 
-// Without NET_RAW the agent cannot read the iptables-legacy tables; it
-// says so and stops before it touches the node, rather than guess nft (as
-// it once did, putting its rules where an iptables-legacy kube-proxy's are
-// not). The running pod is stopped first, so that the node is bare.
+// Without NET_RAW the agent cannot read iptables-legacy tables. On a legacy
+// node (kube-proxy's tables are there) it says so and stops before it
+// touches the node, rather than guess nft, as it once did, putting its
+// rules where kube-proxy's are not. On an nft node the legacy backend has
+// no tables to read, which it can tell: it picks nft and serves. The
+// running pod is stopped first, so that the node is bare.
 func scenarioModeDetection(t *testing.T, s *suite) {
 	ctx := t.Context()
 	for _, name := range []string{"node-local-coredns", "watchdog"} {
@@ -661,6 +663,20 @@ func scenarioModeDetection(t *testing.T, s *suite) {
 		t.Fatal(err)
 	}
 	agent := pod.Containers["node-local-coredns"]
+	if s.c.Mode != cluster.IptablesLegacy {
+		if err := agent.WaitLog(ctx, s.env.podman, "msg=serving", 30*time.Second); err != nil {
+			t.Fatalf("without NET_RAW on an nft node: %v", err)
+		}
+		if logs := agent.Logs(ctx, s.env.podman); !strings.Contains(logs, "mode=nft") {
+			t.Errorf("without NET_RAW on an nft node the agent did not pick nft:\n%s", lastLines(logs, 10))
+		}
+		for _, name := range []string{"node-local-coredns", "watchdog"} {
+			if err := pod.Containers[name].Stop(ctx, s.env.podman); err != nil {
+				t.Error(err)
+			}
+		}
+		return
+	}
 	eventually(t, 30*time.Second, "the agent without NET_RAW to exit", func() bool { return !agent.Running(ctx, s.env.podman) })
 	code, _, err := agent.ExitCode(ctx, s.env.podman)
 	if err != nil {
