@@ -215,6 +215,7 @@ func corefileValues(cfg config.Config) corefile.Values {
 		ReloadInterval:  cfg.ReloadInterval,
 		ServeStale:      cfg.ServeStale,
 		MaxUDPSize:      cfg.MaxUDPSize,
+		MissRate:        cfg.MissRate,
 		SuccessCapacity: cfg.SuccessCapacity,
 		DenialCapacity:  cfg.DenialCapacity,
 	}

@@ -36,6 +36,11 @@ const (
 	// 1,220 bytes itself, within any cap at or above it.
 	minMaxUDPSize = 1232
 	maxMaxUDPSize = 4096
+	// DefaultMissRate is how many queries a second one client may send
+	// past the cache (misses), with bursts of twice as many: a pod's
+	// lookups of new external names walk the search path (eight queries
+	// each with ndots:5), so this is some 60 new names a second per pod.
+	DefaultMissRate = 500
 	// DefaultProbeMark is the firewall mark on the watchdog's probes. It
 	// avoids the bits kube-proxy (0x4000, 0x8000) and Calico (0xffff0000)
 	// use.
@@ -75,6 +80,9 @@ type Config struct {
 	ServeStale time.Duration
 	// MaxUDPSize caps UDP answers, in bytes.
 	MaxUDPSize int
+	// MissRate is how many queries a second one client address may send
+	// past the cache; 0: no limit.
+	MissRate int
 	// SetupInterface adds the local IPs to Interface (and creates it).
 	SetupInterface bool
 	// SetupNetfilter installs the NOTRACK/ACCEPT rules.
@@ -133,6 +141,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.IntVar(&c.SuccessCapacity, "cache-success", DefaultCacheCapacity, "capacity of the cache for answers (entries)")
 	fs.IntVar(&c.DenialCapacity, "cache-denial", DefaultCacheCapacity, "capacity of the cache for denials, NXDOMAIN and NODATA (entries)")
 	fs.DurationVar(&c.ServeStale, "serve-stale", DefaultServeStale, "how long expired cache entries are served while kube-dns does not answer (0: never)")
+	fs.IntVar(&c.MissRate, "miss-rate", DefaultMissRate, "queries a second one client may send past the cache (cache misses), bursts of twice as many; more are dropped (0: no limit)")
 	fs.IntVar(&c.MaxUDPSize, "max-udp-size", DefaultMaxUDPSize, fmt.Sprintf("largest UDP answer in bytes, whatever the client advertises (%d to %d); larger ones are truncated for the client to retry over TCP", minMaxUDPSize, maxMaxUDPSize))
 	fs.BoolVar(&c.SetupInterface, "setup-interface", true, "add the local IPs to --interface")
 	fs.BoolVar(&c.SetupNetfilter, "setup-netfilter", true, "install the NOTRACK and ACCEPT rules")
@@ -422,6 +431,9 @@ func (c *Config) validate() error {
 	}
 	if c.ServeStale < 0 || c.ServeStale%time.Second != 0 {
 		return &Error{Flag: "serve-stale", Err: fmt.Errorf("%s is not a whole number of seconds, 0 or more", c.ServeStale)}
+	}
+	if c.MissRate < 0 {
+		return &Error{Flag: "miss-rate", Err: fmt.Errorf("%d is negative", c.MissRate)}
 	}
 	if c.MaxUDPSize < minMaxUDPSize || c.MaxUDPSize > maxMaxUDPSize {
 		return &Error{Flag: "max-udp-size", Err: fmt.Errorf("%d is not between %d and %d bytes", c.MaxUDPSize, minMaxUDPSize, maxMaxUDPSize)}

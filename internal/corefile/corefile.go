@@ -41,9 +41,14 @@ type Values struct {
 	ServeStale time.Duration
 	// MaxUDPSize caps UDP answers (the bufsize plugin), in bytes.
 	MaxUDPSize int
+	// MissRate is how many queries a second a client may send past the
+	// cache (the misslimit plugin, bursts of twice as many); 0: no limit.
+	MissRate int
 }
 
 var funcs = template.FuncMap{
+	// mul multiplies two numbers.
+	"mul": func(a, b int) int { return a * b },
 	// join formats each element of a slice with its String method and
 	// joins them with sep.
 	"join": func(list any, sep string) (string, error) {

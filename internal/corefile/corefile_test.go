@@ -24,6 +24,7 @@ func values() Values {
 		ReloadInterval:  5 * time.Second,
 		ServeStale:      time.Hour,
 		MaxUDPSize:      1232,
+		MissRate:        500,
 		SuccessCapacity: 9984,
 		DenialCapacity:  9984,
 	}
@@ -40,6 +41,7 @@ func TestRenderDefaultGolden(t *testing.T) {
 	custom.ReloadInterval = time.Minute
 	custom.ServeStale = 0
 	custom.MaxUDPSize = 4096
+	custom.MissRate = 0
 	for _, tc := range []struct {
 		golden string
 		v      Values
@@ -96,6 +98,12 @@ func TestDefaultProperties(t *testing.T) {
 	// answer to aim at.
 	if n, tcp := strings.Count(got, "forward ."), strings.Count(got, "force_tcp"); n != 2 || tcp != n {
 		t.Errorf("%d forwards, %d of them force_tcp; want 2, both", n, tcp)
+	}
+	if n := strings.Count(got, "max_concurrent 1000"); n != 2 {
+		t.Errorf("max_concurrent in %d forwards, want both: misses in flight must be bounded", n)
+	}
+	if n := strings.Count(got, "misslimit 500 1000"); n != 2 {
+		t.Errorf("misslimit in %d server blocks, want the 2 that answer clients", n)
 	}
 	if n := strings.Count(got, "bufsize 1232"); n != 2 {
 		t.Errorf("bufsize in %d server blocks, want the 2 that answer clients", n)

@@ -84,7 +84,7 @@ func TestStartRefusesBadCorefile(t *testing.T) {
 func TestPluginsHoldTheCuratedSet(t *testing.T) {
 	got := Plugins()
 	for _, want := range []string{"bind", "cache", "forward", "errors", "log", "health", "ready", "prometheus", "reload",
-		"loop", "loadbalance", "bufsize", "hosts", "rewrite", "template", "timeouts", "debug", "whoami"} {
+		"loop", "loadbalance", "bufsize", "fastcache", "misslimit", "hosts", "rewrite", "template", "timeouts", "debug", "whoami"} {
 		if !slices.Contains(got, want) {
 			t.Errorf("plugin %s not compiled in: %v", want, got)
 		}

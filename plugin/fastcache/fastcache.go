@@ -33,7 +33,10 @@ type FastCache struct {
 	// buffer when it runs before this one (0: none): the fast path caps it
 	// the same way.
 	maxUDP int
-	m      *zoneMetrics
+	// limit is misslimit's limiter when it runs before this one: the fast
+	// path's reader applies it to the queries it leaves to the chain.
+	limit *limiter
+	m     *zoneMetrics
 }
 
 // Name implements plugin.Handler.

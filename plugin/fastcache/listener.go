@@ -24,7 +24,10 @@ type listener struct {
 	// routes are the same zones, longest first, for route: replaced whole
 	// on change.
 	routes atomic.Pointer[[]zoneRoute]
-	srv    atomic.Pointer[dnsserver.Server]
+	// limit is misslimit's limiter of one of the zones (they share the
+	// address, and a client's queries to it), nil without misslimit.
+	limit atomic.Pointer[limiter]
+	srv   atomic.Pointer[dnsserver.Server]
 
 	conn *conn
 	dns  *dns.Server
@@ -48,6 +51,14 @@ func (l *listener) publish() {
 	}
 	slices.SortFunc(routes, func(a, b zoneRoute) int { return len(b.name) - len(a.name) })
 	l.routes.Store(&routes)
+	var lim *limiter
+	for _, r := range routes {
+		if r.f.limit != nil && r.f.fast.Load() {
+			lim = r.f.limit
+			break
+		}
+	}
+	l.limit.Store(lim)
 }
 
 type registry struct {
@@ -158,6 +169,9 @@ func (l *listener) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	s := l.srv.Load()
 	ctx := context.WithValue(context.Background(), dnsserver.Key{}, s)
 	ctx = context.WithValue(ctx, dnsserver.LoopKey{}, 0)
+	if l.limit.Load() != nil {
+		ctx = context.WithValue(ctx, prefiltered{}, true)
+	}
 	s.ServeDNS(ctx, w, r)
 }
 

@@ -53,12 +53,15 @@ type zoneMetrics struct {
 	server *serverMetrics
 }
 
+// registerAll registers the plugin's metrics (once, through registerMetrics).
+func registerAll() {
+	for _, c := range []prometheus.Collector{hits, misses, size, limitedDrops} {
+		_ = prometheus.DefaultRegisterer.Register(c)
+	}
+}
+
 func newZoneMetrics(cfg *dnsserver.Config, f *FastCache) *zoneMetrics {
-	registerMetrics.Do(func() {
-		for _, c := range []prometheus.Collector{hits, misses, size} {
-			_ = prometheus.DefaultRegisterer.Register(c)
-		}
-	})
+	registerMetrics.Do(registerAll)
 	m := &zoneMetrics{
 		hits:   hits.WithLabelValues(f.zone),
 		misses: misses.WithLabelValues(f.zone),

@@ -29,6 +29,7 @@ var registerOnce sync.Once
 func Register() {
 	registerOnce.Do(func() {
 		plugin.Register(pluginName, setup)
+		plugin.Register(missLimitName, setupMissLimit)
 		if slices.Contains(dnsserver.Directives, pluginName) {
 			return
 		}
@@ -36,7 +37,7 @@ func Register() {
 		if i < 0 {
 			i = len(dnsserver.Directives)
 		}
-		dnsserver.Directives = slices.Insert(dnsserver.Directives, i, pluginName)
+		dnsserver.Directives = slices.Insert(dnsserver.Directives, i, missLimitName, pluginName)
 	})
 }
 
@@ -121,9 +122,10 @@ func joinHostPort(h, p string) string {
 
 // fastBefore are the plugins that may run before fastcache without turning
 // the fast path off: on a cache hit, errors does nothing, the fast path
-// counts what prometheus counts, and it caps the client's buffer size as
-// bufsize does (eligible reads the cap).
-var fastBefore = map[string]bool{"errors": true, "prometheus": true, "bufsize": true}
+// counts what prometheus counts, it caps the client's buffer size as
+// bufsize does (eligible reads the cap), and its reader applies misslimit's
+// limit to what it leaves to the chain.
+var fastBefore = map[string]bool{"errors": true, "prometheus": true, "bufsize": true, missLimitName: true}
 
 // eligible reports whether a hit answered by the fast path is what the
 // plugin chain would answer: only plugins of fastBefore run before this one.
@@ -144,6 +146,8 @@ func (f *FastCache) eligible(cfg *dnsserver.Config) bool {
 			f.maxUDP = b.Size
 		case *bufsize.Bufsize:
 			f.maxUDP = b.Size
+		case *MissLimit:
+			f.limit = b.l
 		}
 		if fastBefore[h.Name()] {
 			continue

@@ -41,8 +41,13 @@ func (n *Node) startAgent(wrapper []string, binary string, args []string) (*Agen
 // environment. The returned Agent is any process: an agent, a watchdog, or
 // a component of the real-component cluster.
 func Start(ns string, env []string, argv ...string) (*Agent, error) {
+	return startCmd(env, append([]string{"ip", "netns", "exec", ns}, argv...))
+}
+
+// startCmd runs argv (a command that enters the namespace itself).
+func startCmd(env []string, argv []string) (*Agent, error) {
 	binary := argv[0]
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	a := &Agent{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout = a.out
@@ -147,4 +152,13 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// StartAgentIn is StartAgent with the agent in memory cgroup cg from its
+// first instruction: a shell joins the cgroup, then becomes ip netns exec,
+// which becomes the agent (inside, ip netns exec's /sys has no cgroups).
+func (n *Node) StartAgentIn(cg *MemoryCgroup, binary string, args ...string) (*Agent, error) {
+	join := `echo $$ > "$NLC_CGROUP_PROCS" && exec "$0" "$@"`
+	argv := append([]string{"sh", "-c", join, "ip", "netns", "exec", n.NS, binary}, args...)
+	return startCmd(append(n.ServiceEnv(), "NLC_CGROUP_PROCS="+cg.Path+"/cgroup.procs"), argv)
 }

@@ -1,11 +1,13 @@
 package nodesim
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/miekg/dns"
@@ -171,4 +173,29 @@ func (n *Node) DeleteConntrackTo(dst netip.Addr) (uint, error) {
 		return 0, err
 	}
 	return h.ConntrackDeleteFilters(netlink.ConntrackTable, family, f)
+}
+
+// UDPDrops sums the drop counters of the node's UDP sockets bound to addr
+// (IPv4): the datagrams the kernel dropped because a socket's receive
+// buffer was full.
+func (n *Node) UDPDrops(addr netip.AddrPort) (int, error) {
+	out, err := n.NodeExec(context.Background(), "cat", "/proc/net/udp")
+	if err != nil {
+		return 0, err
+	}
+	a4 := addr.Addr().As4()
+	local := fmt.Sprintf("%02X%02X%02X%02X:%04X", a4[3], a4[2], a4[1], a4[0], addr.Port())
+	total := 0
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 13 || f[1] != local {
+			continue
+		}
+		d, err := strconv.Atoi(f[len(f)-1])
+		if err != nil {
+			return 0, fmt.Errorf("parsing /proc/net/udp: %q", l)
+		}
+		total += d
+	}
+	return total, nil
 }

@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/node-local-coredns/node-local-coredns/test/nodesim"
+)
+
+// memoryLimit is the DaemonSet's memory limit of the agent's container.
+const memoryLimit = 128 << 20
+
+// attackNode is a simulated node with the agent running in a memory cgroup
+// at the DaemonSet's limit, a name cached, and a function that reports
+// whether the kernel OOM-killed anything.
+func attackNode(t *testing.T, args ...string) (*nodesim.Node, *nodesim.Agent, *nodesim.MemoryCgroup) {
+	t.Helper()
+	n := newNode(t, nodesim.Options{})
+	cg, err := nodesim.NewMemoryCgroup(memoryLimit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := n.StartAgentIn(cg, binary, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := a.Stop(stopTimeout); err != nil {
+			t.Errorf("stopping the agent: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("the agent's log:\n%s", lastLines(a.Output(), 30))
+		}
+		if err := cg.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := a.WaitLog(t.Context(), "msg=serving", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return n, a, cg
+}
+
+// cachedName is what the legitimate pod asks during an attack.
+const cachedName = "hit-1.default.svc.cluster.local."
+
+// underAttack runs attack while the second pod asks the cached name every
+// 20 ms, and checks that every one of those lookups was answered, that the
+// agent still runs and that the kernel killed nothing for the limit.
+func underAttack(t *testing.T, n *nodesim.Node, a *nodesim.Agent, cg *nodesim.MemoryCgroup, attack func()) {
+	t.Helper()
+	legit := n.Pods[1]
+	resolve(t, legit, "udp", nodesim.KubeDNS, cachedName, dns.TypeA)
+	var (
+		wg            sync.WaitGroup
+		stop          = make(chan struct{})
+		asked, failed int
+		firstFailure  error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			asked++
+			r, _, err := legit.Query("udp", nodesim.KubeDNS, cachedName, dns.TypeA)
+			if err == nil && (r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1) {
+				err = fmt.Errorf("rcode %s, %d answers", dns.RcodeToString[r.Rcode], len(r.Answer))
+			}
+			if err != nil {
+				failed++
+				if firstFailure == nil {
+					firstFailure = err
+				}
+			}
+		}
+	}()
+	dnsAddr := netip.AddrPortFrom(nodesim.KubeDNS, 53)
+	dropsBefore, err := n.UDPDrops(dnsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attack()
+	close(stop)
+	wg.Wait()
+	drops, err := n.UDPDrops(dnsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the agent's UDP sockets dropped %d datagrams (full receive buffer) during the attack", drops-dropsBefore)
+	peak, _ := cg.Peak()
+	kills, err := cg.OOMKills()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the cached name: %d lookups, %d failed; the agent's peak memory %.1f MiB of %d MiB", asked, failed, float64(peak)/(1<<20), memoryLimit>>20)
+	if kills != 0 || a.Exited() {
+		t.Fatalf("the agent was OOM-killed (%d kills in its cgroup, exited: %v)", kills, a.Exited())
+	}
+	if failed != 0 {
+		t.Errorf("%d of %d lookups of a cached name failed during the attack, want 0 (first: %v)", failed, asked, firstFailure)
+	}
+}
+
+// A pod floods names that kube-dns never answers (its endpoints are hung),
+// in the cluster domain and outside it: the misses waiting for kube-dns are
+// bounded (forward's max_concurrent), so the agent stays within its memory
+// limit and keeps answering the cached name.
+func TestAttackUnansweredNames(t *testing.T) {
+	n, a, cg := attackNode(t)
+	underAttack(t, n, a, cg, func() {
+		for _, e := range n.Endpoints {
+			e.DNS.SetDown(true)
+		}
+		rep, err := nodesim.Flood(n.Pods[0].NS, nodesim.FloodSpec{
+			Server: netip.AddrPortFrom(nodesim.KubeDNS, 53), Rate: 20000, Duration: 8 * time.Second,
+			Name: func(i int) string {
+				if i%2 == 0 {
+					return fmt.Sprintf("flood-%d.default.svc.cluster.local.", i)
+				}
+				return fmt.Sprintf("flood-%d.example.org.", i)
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("flood: %d queries sent, answers %v", rep.Sent, rep.Answers)
+		// What passed misslimit (500 a second, bursts of 1,000) went on
+		// to the chain and got an answer there; the rest was dropped.
+		var passed int64
+		for _, n := range rep.Answers {
+			passed += n
+		}
+		if bound := int64(500*8 + 1000 + 250); passed > bound {
+			t.Errorf("%d of the flood's queries got past the cache, want at most %d (--miss-rate 500 for 8 s, and the burst)", passed, bound)
+		}
+	})
+}
