@@ -68,6 +68,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	defer stop()
 	log.Info("starting", "version", versionString(), "local_ips", cfg.LocalIPs, "upstreams", cfg.Upstreams,
 		"interface", cfg.Interface, "setup_interface", cfg.SetupInterface, "setup_netfilter", cfg.SetupNetfilter)
+	setMemoryLimit(cfg.MemoryLimit, log)
 	if err := metrics.Register(prometheus.DefaultRegisterer); err != nil {
 		log.Error("registering metrics", "error", err)
 		return 1

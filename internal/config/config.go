@@ -48,6 +48,9 @@ const (
 
 	// kubeDNSHostEnv holds the kube-dns ClusterIP in every pod.
 	kubeDNSHostEnv = "KUBE_DNS_SERVICE_HOST"
+	// memoryLimitEnv holds the container's memory limit, in bytes (the
+	// DaemonSet sets it from limits.memory through the downward API).
+	memoryLimitEnv = "MEMORY_LIMIT"
 )
 
 // Config is the resolved, validated configuration of one agent.
@@ -83,6 +86,9 @@ type Config struct {
 	// MissRate is how many queries a second one client address may send
 	// past the cache; 0: no limit.
 	MissRate int
+	// MemoryLimit is the container's memory limit in bytes (0: unknown;
+	// the agent then reads its cgroup's).
+	MemoryLimit int64
 	// SetupInterface adds the local IPs to Interface (and creates it).
 	SetupInterface bool
 	// SetupNetfilter installs the NOTRACK/ACCEPT rules.
@@ -141,6 +147,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.IntVar(&c.SuccessCapacity, "cache-success", DefaultCacheCapacity, "capacity of the cache for answers (entries)")
 	fs.IntVar(&c.DenialCapacity, "cache-denial", DefaultCacheCapacity, "capacity of the cache for denials, NXDOMAIN and NODATA (entries)")
 	fs.DurationVar(&c.ServeStale, "serve-stale", DefaultServeStale, "how long expired cache entries are served while kube-dns does not answer (0: never)")
+	fs.Int64Var(&c.MemoryLimit, "memory-limit", 0, "the container's memory limit in bytes, of which 85% becomes Go's soft limit (default $MEMORY_LIMIT, as the DaemonSet sets it from limits.memory, else the cgroup's limit)")
 	fs.IntVar(&c.MissRate, "miss-rate", DefaultMissRate, "queries a second one client may send past the cache (cache misses), bursts of twice as many; more are dropped (0: no limit)")
 	fs.IntVar(&c.MaxUDPSize, "max-udp-size", DefaultMaxUDPSize, fmt.Sprintf("largest UDP answer in bytes, whatever the client advertises (%d to %d); larger ones are truncated for the client to retry over TCP", minMaxUDPSize, maxMaxUDPSize))
 	fs.BoolVar(&c.SetupInterface, "setup-interface", true, "add the local IPs to --interface")
@@ -159,6 +166,16 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	c.UpstreamService = *upstreamSvc
 	if c.Upstreams, err = resolveUpstreams(*upstreams, *upstreamSvc, getenv); err != nil {
 		return Config{}, err
+	}
+	if c.MemoryLimit == 0 {
+		if v := getenv(memoryLimitEnv); v != "" {
+			if c.MemoryLimit, err = strconv.ParseInt(v, 10, 64); err != nil || c.MemoryLimit < 0 {
+				return Config{}, &Error{Flag: "memory-limit", Env: memoryLimitEnv, Err: fmt.Errorf("%q is not a number of bytes", v)}
+			}
+		}
+	}
+	if c.MemoryLimit < 0 {
+		return Config{}, &Error{Flag: "memory-limit", Err: fmt.Errorf("%d is negative", c.MemoryLimit)}
 	}
 	if err := c.validate(); err != nil {
 		return Config{}, err

@@ -126,7 +126,7 @@ func (c *Cluster) RunPod(ctx context.Context, pm Podman, ds *appsv1.DaemonSet, i
 		}
 		for _, e := range ctr.Env {
 			if e.ValueFrom != nil {
-				v, err := c.fieldRef(e.ValueFrom)
+				v, err := c.fieldRef(ctr, e.ValueFrom)
 				if err != nil {
 					return nil, fmt.Errorf("container %s, env %s: %w", ctr.Name, e.Name, err)
 				}
@@ -262,10 +262,25 @@ func (p *Pod) volumes(ctx context.Context, ns string, vols []corev1.Volume) (map
 	return out, nil
 }
 
-// fieldRef resolves the downward-API fields a node agent uses.
-func (c *Cluster) fieldRef(src *corev1.EnvVarSource) (string, error) {
+// fieldRef resolves the downward-API fields a node agent uses: the node's
+// name and address, and the container's own resource limits.
+func (c *Cluster) fieldRef(ctr corev1.Container, src *corev1.EnvVarSource) (string, error) {
+	if r := src.ResourceFieldRef; r != nil {
+		if r.ContainerName != "" && r.ContainerName != ctr.Name {
+			return "", fmt.Errorf("resourceFieldRef of another container (%s) is not run by the harness", r.ContainerName)
+		}
+		q, ok := ctr.Resources.Limits[corev1.ResourceName(strings.TrimPrefix(r.Resource, "limits."))]
+		if !strings.HasPrefix(r.Resource, "limits.") || !ok {
+			return "", fmt.Errorf("resource %s is not known to the harness", r.Resource)
+		}
+		div := int64(1)
+		if !r.Divisor.IsZero() {
+			div = r.Divisor.Value()
+		}
+		return strconv.FormatInt(q.Value()/div, 10), nil
+	}
 	if src.FieldRef == nil {
-		return "", fmt.Errorf("only fieldRef values are run by the harness")
+		return "", fmt.Errorf("only fieldRef and resourceFieldRef values are run by the harness")
 	}
 	switch src.FieldRef.FieldPath {
 	case "spec.nodeName":

@@ -25,6 +25,8 @@ func attackNode(t *testing.T, args ...string) (*nodesim.Node, *nodesim.Agent, *n
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The DaemonSet gives the agent its limit through the downward API.
+	args = append([]string{fmt.Sprintf("--memory-limit=%d", memoryLimit)}, args...)
 	a, err := n.StartAgentIn(cg, binary, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -144,4 +146,39 @@ func TestAttackUnansweredNames(t *testing.T) {
 			t.Errorf("%d of the flood's queries got past the cache, want at most %d (--miss-rate 500 for 8 s, and the burst)", passed, bound)
 		}
 	})
+}
+
+// Pods fill the caches with distinct names whose answers are about 1 KB
+// (TXT, asked with a 1,232-byte buffer), misslimit off so that nothing
+// slows the filling: both caches reach their capacity, and the agent stays
+// within its memory limit and keeps answering the cached name.
+func TestAttackCacheFill(t *testing.T) {
+	n, a, cg := attackNode(t, "--miss-rate=0")
+	underAttack(t, n, a, cg, func() {
+		var wg sync.WaitGroup
+		for p := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rep, err := nodesim.Flood(n.Pods[p].NS, nodesim.FloodSpec{
+					Server: netip.AddrPortFrom(nodesim.KubeDNS, 53), Rate: 6000, Duration: 8 * time.Second,
+					Qtype: dns.TypeTXT, EDNS: 1232,
+					Name: func(i int) string {
+						if i%2 == 0 {
+							return fmt.Sprintf("fill-%d-%d.default.svc.cluster.local.", p, i)
+						}
+						return fmt.Sprintf("fill-%d-%d.example.org.", p, i)
+					},
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				t.Logf("pod %d: %d queries sent, answers %v", p, rep.Sent, rep.Answers)
+			}()
+		}
+		wg.Wait()
+	})
+	entries := metric(t, n, "127.0.0.1:9253", "coredns_cache_entries")
+	t.Logf("cache entries after the attack: %s", entries)
 }

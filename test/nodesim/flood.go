@@ -23,6 +23,8 @@ type FloodSpec struct {
 	Name func(i int) string
 	// Qtype of every query (default A).
 	Qtype uint16
+	// EDNS, if set, is the UDP buffer size every query advertises.
+	EDNS uint16
 }
 
 // FloodReport counts what a flood sent and what came back, by rcode.
@@ -81,6 +83,10 @@ func Flood(ns string, spec FloodSpec) (*FloodReport, error) {
 			time.Sleep(time.Until(due))
 		}
 		m.SetQuestion(spec.Name(int(i)), spec.Qtype)
+		m.Extra = nil
+		if spec.EDNS != 0 {
+			m.SetEdns0(spec.EDNS, false)
+		}
 		m.Id = uint16(i)
 		p, err := m.Pack()
 		if err != nil {
