@@ -259,15 +259,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	}
 	// This process is in the root namespace: dial the API server from a
 	// thread in the control-plane namespace.
-	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := nodesim.InNS(c.cpNS, func() error {
-			var err error
-			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return conn, err
-	}
+	cfg.Dial = nodesim.Dialer(c.cpNS)
 	cfg.QPS, cfg.Burst = 100, 200
 	if c.Client, err = kubernetes.NewForConfig(cfg); err != nil {
 		return err

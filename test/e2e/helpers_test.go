@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -137,18 +134,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 // the value line of name (with labels, if given), or "".
 func metric(t *testing.T, n *nodesim.Node, addr, name string) string {
 	t.Helper()
-	client := &http.Client{
-		Timeout: 5 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-			var c net.Conn
-			err := nodesim.InNS(n.NS, func() error {
-				var err error
-				c, err = (&net.Dialer{}).DialContext(ctx, network, a)
-				return err
-			})
-			return c, err
-		}},
-	}
+	client := nodesim.HTTPClient(n.NS, 5*time.Second)
 	resp, err := client.Get(fmt.Sprintf("http://%s/metrics", addr))
 	if err != nil {
 		t.Fatalf("fetching metrics: %v", err)

@@ -13,19 +13,25 @@ import (
 	"github.com/prometheus/common/model"
 )
 
+// Dialer returns a dial function whose connections are made from
+// namespace ns (they stay there, whichever goroutine uses them).
+func Dialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := InNS(ns, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
 // HTTPClient returns a client whose connections are made from namespace ns.
 func HTTPClient(ns string, timeout time.Duration) *http.Client {
 	return &http.Client{
-		Timeout: timeout,
-		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := InNS(ns, func() error {
-				var err error
-				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}},
+		Timeout:   timeout,
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: Dialer(ns)},
 	}
 }
 
