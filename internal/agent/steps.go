@@ -65,7 +65,11 @@ func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, er
 func Tables(ctx context.Context, mode string, ips []netip.Addr, log *slog.Logger) (map[netfilter.Family]*netfilter.Iptables, error) {
 	reason := "--iptables-mode"
 	if mode == netfilter.ModeAuto {
-		d, err := netfilter.DetectMode(ctx, netfilter.RunSave)
+		var families []netfilter.Family
+		for _, ip := range ips {
+			families = append(families, netfilter.FamilyOf(ip))
+		}
+		d, err := netfilter.DetectMode(ctx, netfilter.RunSave, families...)
 		if err != nil {
 			return nil, err
 		}

@@ -20,6 +20,7 @@ func TestDetectMode(t *testing.T) {
 		// saves maps a tool to its output; "ERR:..." makes it fail, and
 		// a tool not listed is not installed.
 		saves      map[string]string
+		families   []Family
 		want       string
 		wantErr    string
 		wantReason string
@@ -59,6 +60,13 @@ func TestDetectMode(t *testing.T) {
 			wantErr: "reading the iptables-legacy rules with iptables-legacy-save",
 		},
 		{
+			// An IPv4-only agent does not read ip6tables at all.
+			name:     "ip6tables unreadable, IPv4 only",
+			families: []Family{IPv4},
+			saves:    map[string]string{"iptables-legacy-save": kubeProxyRules, "ip6tables-legacy-save": "ERR:exit status 1", "iptables-nft-save": "", "ip6tables-nft-save": "ERR:exit status 1"},
+			want:     ModeLegacy,
+		},
+		{
 			name:    "nft rules unreadable",
 			saves:   map[string]string{"iptables-legacy-save": kubeProxyRules, "ip6tables-legacy-save": "", "iptables-nft-save": "", "ip6tables-nft-save": "ERR:exit status 4"},
 			wantErr: "reading the ip6tables-nft rules",
@@ -76,7 +84,7 @@ func TestDetectMode(t *testing.T) {
 				}
 				return []byte(out), nil
 			}
-			d, err := DetectMode(context.Background(), save)
+			d, err := DetectMode(context.Background(), save, tt.families...)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "--iptables-mode") {
 					t.Fatalf("DetectMode = %+v, %v; want an error containing %q that names --iptables-mode", d, err, tt.wantErr)

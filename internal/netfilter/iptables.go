@@ -210,8 +210,18 @@ func RunSave(ctx context.Context, tool string) ([]byte, error) {
 // backend's rules cannot be read (a container without NET_RAW, a process
 // without NET_ADMIN) it returns an error rather than count them as none, since
 // the rules would then go to the backend kube-proxy may not use. A backend
-// whose tools are not installed holds no rules.
-func DetectMode(ctx context.Context, save SaveFunc) (Detection, error) {
+// whose tools are not installed holds no rules. Only the families given are
+// read (the agent's: an IPv4-only agent does not depend on ip6tables).
+func DetectMode(ctx context.Context, save SaveFunc, families ...Family) (Detection, error) {
+	bases := []string{"iptables", "ip6tables"}
+	if len(families) > 0 {
+		bases = nil
+		for _, f := range []Family{IPv4, IPv6} {
+			if slices.Contains(families, f) {
+				bases = append(bases, map[Family]string{IPv4: "iptables", IPv6: "ip6tables"}[f])
+			}
+		}
+	}
 	type count struct {
 		rules int
 		hint  bool
@@ -219,7 +229,7 @@ func DetectMode(ctx context.Context, save SaveFunc) (Detection, error) {
 	counts := map[string]count{}
 	for _, mode := range []string{ModeLegacy, ModeNFT} {
 		var c count
-		for _, base := range []string{"iptables", "ip6tables"} {
+		for _, base := range bases {
 			tool := base + "-" + mode + "-save"
 			out, err := save(ctx, tool)
 			if errors.Is(err, exec.ErrNotFound) {
