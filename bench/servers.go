@@ -14,6 +14,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/node-local-coredns/node-local-coredns/internal/config"
 	"github.com/node-local-coredns/node-local-coredns/internal/corefile"
 )
 
@@ -63,7 +64,10 @@ func servers(bin string) []*server {
 			return exec.Command(filepath.Join(bin, "node-local-coredns"), "--corefile="+path, "--local-ip=127.0.0.1", "--port=5301",
 				"--upstream="+upstreamAddr, "--setup-interface=false", "--setup-netfilter=false",
 				"--health-addr=127.0.0.1:15301", "--ready-addr=127.0.0.1:16301", "--metrics-addr=127.0.0.1:17301",
-				"--cache-success="+strconv.Itoa(benchCacheCapacity), "--cache-denial="+strconv.Itoa(benchCacheCapacity)), nil
+				"--cache-success="+strconv.Itoa(benchCacheCapacity), "--cache-denial="+strconv.Itoa(benchCacheCapacity),
+				// dnsperf is one client: the per-client limit would drop the
+				// misses it measures (stock CoreDNS has no such limit).
+				"--miss-rate=0"), nil
 		}},
 		{name: "coredns", port: 5302, command: func(dir string) (*exec.Cmd, error) {
 			// The agent's own built-in Corefile, rendered for this port: the
@@ -77,7 +81,7 @@ func servers(bin string) []*server {
 				LocalIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Upstreams: []netip.AddrPort{netip.MustParseAddrPort(upstreamAddr)},
 				ClusterDomain: "cluster.local", Port: 5302, HealthAddr: "127.0.0.1:15302", ReadyAddr: "127.0.0.1:16302",
 				MetricsAddr: "127.0.0.1:17302", ReloadInterval: 5 * time.Second, ServeStale: time.Hour,
-				SuccessCapacity: benchCacheCapacity, DenialCapacity: benchCacheCapacity,
+				MaxUDPSize: config.DefaultMaxUDPSize, SuccessCapacity: benchCacheCapacity, DenialCapacity: benchCacheCapacity,
 			})
 			if err != nil {
 				return nil, err
