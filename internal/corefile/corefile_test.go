@@ -105,6 +105,9 @@ func TestDefaultProperties(t *testing.T) {
 	if n := strings.Count(got, "misslimit 500 1000"); n != 2 {
 		t.Errorf("misslimit in %d server blocks, want the 2 that answer clients", n)
 	}
+	if n := strings.Count(got, "timeouts {\n        read 1s\n        write 2s\n        idle 2s\n    }"); n != 2 {
+		t.Errorf("short TCP timeouts in %d server blocks, want the 2 that answer clients", n)
+	}
 	if n := strings.Count(got, "bufsize 1232"); n != 2 {
 		t.Errorf("bufsize in %d server blocks, want the 2 that answer clients", n)
 	}

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"testing"
@@ -181,4 +183,37 @@ func TestAttackCacheFill(t *testing.T) {
 	})
 	entries := metric(t, n, "127.0.0.1:9253", "coredns_cache_entries")
 	t.Logf("cache entries after the attack: %s", entries)
+}
+
+// A pod opens TCP connections as fast as the agent accepts them, each
+// announcing a 65,535-byte message, sending 1,000 bytes of it and holding
+// it: the agent stays within its memory limit (each connection is closed at
+// the read timeout) and keeps answering the cached name.
+func TestAttackTCPHolds(t *testing.T) {
+	n, a, cg := attackNode(t)
+	underAttack(t, n, a, cg, func() {
+		opened, refused := 0, 0
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		deadline := time.Now().Add(8 * time.Second)
+		partial := append([]byte{0xff, 0xff}, make([]byte, 1000)...)
+		dial := nodesim.Dialer(n.Pods[0].NS)
+		for time.Now().Before(deadline) && opened < 20000 {
+			ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+			c, err := dial(ctx, "tcp", netip.AddrPortFrom(nodesim.KubeDNS, 53).String())
+			cancel()
+			if err != nil {
+				refused++
+				continue
+			}
+			_, _ = c.Write(partial)
+			conns = append(conns, c)
+			opened++
+		}
+		t.Logf("held %d TCP connections open with partial messages (%d dials failed)", opened, refused)
+	})
 }
