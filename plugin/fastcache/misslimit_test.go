@@ -18,9 +18,9 @@ func TestLimiter(t *testing.T) {
 		want   bool
 	}{
 		{a, 0, true}, {a, 0, true}, {a, 0, false}, // the burst, then nothing
-		{b, 0, true},                               // another client has its own
-		{a, ms(50), false},                         // half a token back
-		{a, ms(100), true},                         // one token back
+		{b, 0, true},       // another client has its own
+		{a, ms(50), false}, // half a token back
+		{a, ms(100), true}, // one token back
 		{a, ms(100), false},
 		{a, ms(10_000), true}, {a, ms(10_000), true}, {a, ms(10_000), false}, // refilled to the burst, no more
 		{a, ms(9_000), false}, // time going back gives nothing
