@@ -139,8 +139,9 @@ func TestBuiltInCapsUDPAnswers(t *testing.T) {
 						t.Errorf("%s over UDP (%d): OPT %v, want the buffer size %d", name, i, o, tc.max)
 					}
 				}
-				// A small answer for such a client: from the fast path
-				// once cached, capped the same way.
+				// A small answer for such a client, asked again once
+				// cached (plugin/fastcache's TestBufsizeBeforeTheFastPath
+				// checks that the fast path answers it), capped the same way.
 				for i := range 3 {
 					r, _ := rawUDP(t, addr, "small."+name)
 					if o := r.IsEdns0(); len(r.Answer) != 1 || o == nil || int(o.UDPSize()) != tc.max {

@@ -53,6 +53,9 @@ func inNamespace(t *testing.T) bool {
 	if err != nil {
 		t.Fatalf("the run in namespace %s failed: %v", ns, err)
 	}
+	if !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("the run in namespace %s did not run %s", ns, t.Name())
+	}
 	return false
 }
 

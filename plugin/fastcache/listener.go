@@ -24,8 +24,8 @@ type listener struct {
 	// routes are the same zones, longest first, for route: replaced whole
 	// on change.
 	routes atomic.Pointer[[]zoneRoute]
-	// limit is misslimit's limiter of one of the zones (they share the
-	// address, and a client's queries to it), nil without misslimit.
+	// limit is misslimit's limiter on this address (the zones here share
+	// it), nil without misslimit.
 	limit atomic.Pointer[limiter]
 	srv   atomic.Pointer[dnsserver.Server]
 

@@ -2,6 +2,7 @@ package fastcache
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -110,6 +111,27 @@ func clientAddr(a net.Addr) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// limiters holds one limiter per listen address and limit: the server
+// blocks on one address (the cluster domain and "." on the kube-dns
+// ClusterIP) share a client's budget, in the chain and in the fast path's
+// reader alike, and a reload with the same limit keeps the buckets.
+var limiters = struct {
+	mu sync.Mutex
+	m  map[string]*limiter
+}{m: map[string]*limiter{}}
+
+func sharedLimiter(addrs []string, rate, burst float64) *limiter {
+	k := fmt.Sprintf("%v %g %g", addrs, rate, burst)
+	limiters.mu.Lock()
+	defer limiters.mu.Unlock()
+	l := limiters.m[k]
+	if l == nil {
+		l = newLimiter(rate, burst)
+		limiters.m[k] = l
+	}
+	return l
+}
+
 // setupMissLimit parses "misslimit RATE [BURST]": RATE queries a second per
 // client, BURST (default 2 × RATE) at once.
 func setupMissLimit(c *caddy.Controller) error {
@@ -130,8 +152,9 @@ func setupMissLimit(c *caddy.Controller) error {
 			}
 		}
 	}
-	m := &MissLimit{l: newLimiter(rate, burst)}
-	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
+	cfg := dnsserver.GetConfig(c)
+	m := &MissLimit{l: sharedLimiter(listenAddrs(cfg), rate, burst)}
+	cfg.AddPlugin(func(next plugin.Handler) plugin.Handler {
 		m.Next = next
 		return m
 	})

@@ -154,7 +154,7 @@ func New(ctx context.Context, comps Components, o Options) (_ *Cluster, err erro
 	// Pods reach kube-dns only once kube-proxy has programmed its
 	// ClusterIP and CoreDNS has synced with the API server. kube-proxy's
 	// /healthz answers before its first sync, so the test is the lookup.
-	if err := c.waitKubeDNS(ctx); err != nil {
+	if err := c.WaitService(ctx, nodesim.KubeDNS); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -383,25 +383,6 @@ func (c *Cluster) SyncEndpointSlices(ctx context.Context) error {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// waitKubeDNS waits until a pod resolves the kubernetes Service through the
-// kube-dns ClusterIP (kube-proxy's DNAT and CoreDNS's sync with the API
-// server both done).
-func (c *Cluster) waitKubeDNS(ctx context.Context) error {
-	return poll(ctx, 90*time.Second, "a pod to resolve kubernetes.default through kube-dns", func() error {
-		if err := c.componentsRunning(); err != nil {
-			return errStopped(err)
-		}
-		r, _, err := c.Node.Pods[0].Query("udp", nodesim.KubeDNS, "kubernetes.default.svc.cluster.local.", dns.TypeA)
-		if err != nil {
-			return err
-		}
-		if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
-			return fmt.Errorf("answer %s", dns.RcodeToString[r.Rcode])
-		}
-		return nil
-	})
-}
 
 // WaitService waits until a pod resolves through the Service at ip (TCP
 // and UDP): kube-proxy has programmed it with its endpoints.

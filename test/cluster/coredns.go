@@ -98,7 +98,8 @@ func (d *CoreDNS) WaitReady(ctx context.Context) error {
 		if d.proc.Exited() {
 			return errStopped(fmt.Errorf("%s exited: %s", d.Name, tail(d.proc.Output())))
 		}
-		return httpGet(ctx, d.Endpoint.NS, "http://127.0.0.1:8181/ready")
+		_, err := nodesim.Get(ctx, d.Endpoint.NS, "http://127.0.0.1:8181/ready")
+		return err
 	})
 }
 

@@ -117,7 +117,7 @@ func (c *Cluster) WaitKubeProxySync(ctx context.Context, since time.Time) error 
 		if err := c.componentsRunning(); err != nil {
 			return errStopped(err)
 		}
-		v, err := metricValue(ctx, c.Node.NS, "http://127.0.0.1:10249/metrics", "kubeproxy_sync_proxy_rules_last_timestamp_seconds")
+		v, err := nodesim.Metric(ctx, c.Node.NS, "http://127.0.0.1:10249/metrics", "kubeproxy_sync_proxy_rules_last_timestamp_seconds")
 		if err != nil {
 			return err
 		}
@@ -131,7 +131,7 @@ func (c *Cluster) WaitKubeProxySync(ctx context.Context, since time.Time) error 
 // KubeProxySyncs returns how many times kube-proxy has synced its rules
 // since it started.
 func (c *Cluster) KubeProxySyncs(ctx context.Context) (float64, error) {
-	return metricValue(ctx, c.Node.NS, "http://127.0.0.1:10249/metrics", "kubeproxy_sync_proxy_rules_duration_seconds")
+	return nodesim.Metric(ctx, c.Node.NS, "http://127.0.0.1:10249/metrics", "kubeproxy_sync_proxy_rules_duration_seconds")
 }
 
 // iptablesPath returns a PATH whose first directory holds the iptables
@@ -157,16 +157,6 @@ func (c *Cluster) iptablesPath() (string, error) {
 		}
 	}
 	return dir + ":" + os.Getenv("PATH"), nil
-}
-
-// httpGet fetches url from namespace ns and fails unless it answers 200.
-func httpGet(ctx context.Context, ns, url string) error {
-	_, err := nodesim.Get(ctx, ns, url)
-	return err
-}
-
-func metricValue(ctx context.Context, ns, url, name string) (float64, error) {
-	return nodesim.Metric(ctx, ns, url, name)
 }
 
 func lookPath(name string) (string, error) {

@@ -15,6 +15,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/node-local-coredns/node-local-coredns/test/nodesim"
 )
 
 // Podman runs containers the way the harness's kubelet does: podman with
@@ -85,7 +87,6 @@ type Container struct {
 	Name string // podman's name for it
 	Spec corev1.Container
 	pod  *Pod
-	args []string // podman run's arguments, for Restart
 }
 
 // RunPod runs every container of the DaemonSet's pod template from image,
@@ -153,7 +154,7 @@ func (c *Cluster) RunPod(ctx context.Context, pm Podman, ds *appsv1.DaemonSet, i
 			args = append(args, ctr.Command[1:]...)
 		}
 		args = append(args, ctr.Args...)
-		ct := &Container{Name: fmt.Sprintf("%s-%s-%s", c.Node.Prefix, name, ctr.Name), Spec: ctr, pod: p, args: args}
+		ct := &Container{Name: fmt.Sprintf("%s-%s-%s", c.Node.Prefix, name, ctr.Name), Spec: ctr, pod: p}
 		if _, err := pm.Run(ctx, args...); err != nil {
 			return nil, err
 		}
@@ -434,7 +435,8 @@ func (ct *Container) Probe(ctx context.Context, pm Podman, probe *corev1.Probe) 
 			host = NodeIP.String()
 		}
 		url := fmt.Sprintf("http://%s:%s%s", host, probe.HTTPGet.Port.String(), probe.HTTPGet.Path)
-		return httpGet(ctx, ct.pod.c.Node.NS, url)
+		_, err := nodesim.Get(ctx, ct.pod.c.Node.NS, url)
+		return err
 	}
 	return fmt.Errorf("%s: only exec and httpGet probes are run by the harness", ct.Spec.Name)
 }

@@ -91,33 +91,35 @@ func (cg *MemoryCgroup) Add(pid int) error {
 
 // OOMKills returns how many processes the kernel killed for the limit.
 func (cg *MemoryCgroup) OOMKills() (int, error) {
-	name := "memory.oom_control"
-	if cg.v2 {
-		name = "memory.events"
-	}
-	b, err := os.ReadFile(filepath.Join(cg.Path, name))
+	b, err := cg.read("memory.oom_control", "memory.events")
 	if err != nil {
 		return 0, err
 	}
-	for _, l := range strings.Split(string(b), "\n") {
+	for _, l := range strings.Split(b, "\n") {
 		if v, ok := strings.CutPrefix(l, "oom_kill "); ok {
 			return strconv.Atoi(strings.TrimSpace(v))
 		}
 	}
-	return 0, fmt.Errorf("no oom_kill count in %s", name)
+	return 0, errors.New("no oom_kill count in the cgroup's memory events")
 }
 
 // Peak returns the most memory the cgroup has used, in bytes.
 func (cg *MemoryCgroup) Peak() (int64, error) {
-	name := "memory.max_usage_in_bytes"
-	if cg.v2 {
-		name = "memory.peak"
-	}
-	b, err := os.ReadFile(filepath.Join(cg.Path, name))
+	b, err := cg.read("memory.max_usage_in_bytes", "memory.peak")
 	if err != nil {
 		return 0, err
 	}
-	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return strconv.ParseInt(strings.TrimSpace(b), 10, 64)
+}
+
+// read reads the cgroup's file v1 or, on cgroup v2, v2.
+func (cg *MemoryCgroup) read(v1, v2 string) (string, error) {
+	name := v1
+	if cg.v2 {
+		name = v2
+	}
+	b, err := os.ReadFile(filepath.Join(cg.Path, name))
+	return string(b), err
 }
 
 // Close removes the cgroup; its processes must have exited.
