@@ -9,7 +9,8 @@
 ARG BASE=localhost/node-local-coredns-base:bookworm
 FROM ${BASE}
 COPY node-local-coredns /node-local-coredns
-# Root inside the container with only NET_ADMIN, NET_RAW and
-# NET_BIND_SERVICE (see the DaemonSet): Kubernetes gives a non-root process
-# no effective capabilities.
+# A non-root user (the DaemonSet says so too). The binary carries its
+# capabilities as file capabilities (image/build.sh sets them), so that the
+# container's capabilities.add reach it although it does not run as root.
+USER 65532:65532
 ENTRYPOINT ["/node-local-coredns"]

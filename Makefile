@@ -79,11 +79,11 @@ image: build image-deps
 	image/build.sh $(BIN) $(IMAGE) $(IMAGE_ARCHIVE)
 
 image-deps:
-	@missing=""; for t in podman runc debootstrap; do command -v $$t >/dev/null 2>&1 || missing=1; done; \
+	@missing=""; for t in podman runc debootstrap setcap; do command -v $$t >/dev/null 2>&1 || missing=1; done; \
 	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" != 0 ]; then echo "make: podman, runc and debootstrap are needed; run as root to install them"; exit 1; fi; \
-		echo "installing podman, runc, debootstrap"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap uidmap >/dev/null; \
+		if [ "$$(id -u)" != 0 ]; then echo "make: podman, runc, debootstrap and setcap are needed; run as root to install them"; exit 1; fi; \
+		echo "installing podman, runc, debootstrap, setcap"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap uidmap libcap2-bin >/dev/null; \
 	fi
 
 # manifests re-renders deploy/node-local-coredns.yaml and deploy/kustomize

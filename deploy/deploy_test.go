@@ -255,11 +255,7 @@ func TestObjects(t *testing.T) {
 		if sc != nil && (len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL") {
 			t.Errorf("%s: capabilities not dropped", c.Name)
 		}
-		for _, add := range sc.Capabilities.Add {
-			if !slices.Contains([]corev1.Capability{"NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"}, add) {
-				t.Errorf("%s: capability %s beyond what the datapath needs", c.Name, add)
-			}
-		}
+		checkLeastPrivilege(t, c, legacyCaps)
 		lock := false
 		for _, m := range c.VolumeMounts {
 			lock = lock || m.MountPath == "/run/xtables.lock"
@@ -310,5 +306,61 @@ func TestValues(t *testing.T) {
 	}
 	if _, ok := objs["Service/node-local-coredns-metrics"]; ok {
 		t.Error("metrics Service not disabled")
+	}
+}
+
+// The capabilities of each container, in every rendering: what its process
+// uses, and with the legacy backend possible (iptablesMode auto or legacy)
+// what iptables-legacy uses.
+var (
+	ownCaps = map[string][]corev1.Capability{
+		"node-local-coredns": {"NET_ADMIN", "NET_BIND_SERVICE"},
+		"watchdog":           {"NET_ADMIN"},
+	}
+	legacyCaps = []corev1.Capability{"NET_RAW", "DAC_READ_SEARCH"}
+)
+
+// checkLeastPrivilege checks that c runs as a non-root user, without
+// privilege escalation, under the runtime's seccomp profile, with exactly
+// its own capabilities and extra.
+func checkLeastPrivilege(t *testing.T, c corev1.Container, extra []corev1.Capability) {
+	t.Helper()
+	sc := c.SecurityContext
+	if sc == nil || sc.Capabilities == nil {
+		t.Errorf("%s: no securityContext with capabilities", c.Name)
+		return
+	}
+	if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser == 0 {
+		t.Errorf("%s: must run as a non-root user (runAsNonRoot, runAsUser %v)", c.Name, sc.RunAsUser)
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Errorf("%s: allowPrivilegeEscalation must be false", c.Name)
+	}
+	if sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("%s: seccompProfile %+v, want RuntimeDefault", c.Name, sc.SeccompProfile)
+	}
+	want := append(slices.Clone(ownCaps[c.Name]), extra...)
+	if got := sc.Capabilities.Add; !slices.Equal(got, want) {
+		t.Errorf("%s: capabilities %v, want %v", c.Name, got, want)
+	}
+}
+
+// With iptablesMode nft the containers do not get what only
+// iptables-legacy uses.
+func TestCapabilitiesByIptablesMode(t *testing.T) {
+	for _, tc := range []struct {
+		mode  string
+		extra []corev1.Capability
+	}{
+		{"auto", legacyCaps},
+		{"legacy", legacyCaps},
+		{"nft", nil},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			objs := objects(t, joined(renderHelm(t, map[string]any{"iptablesMode": tc.mode})))
+			for _, c := range objs["DaemonSet/node-local-coredns"].(*appsv1.DaemonSet).Spec.Template.Spec.Containers {
+				checkLeastPrivilege(t, c, tc.extra)
+			}
+		})
 	}
 }

@@ -21,8 +21,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 # cgroupfs, no network of podman's.
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/containers.conf}
 
-for tool in podman debootstrap; do
-	command -v "$tool" >/dev/null || { echo "image/build.sh: $tool is needed (apt-get install podman debootstrap runc)" >&2; exit 1; }
+for tool in podman debootstrap setcap; do
+	command -v "$tool" >/dev/null || { echo "image/build.sh: $tool is needed (apt-get install podman debootstrap runc libcap2-bin)" >&2; exit 1; }
 done
 
 mirror() {
@@ -53,6 +53,12 @@ fi
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 cp "$binary" "$context/node-local-coredns"
+# The capabilities a non-root agent and watchdog may use, as file
+# capabilities, permitted only: the kernel grants those the container's
+# bounding set holds (its capabilities.add), and the binary makes them
+# effective itself (internal/agent.RaiseCapabilities). podman build keeps
+# the attribute.
+setcap cap_net_admin,cap_net_bind_service,cap_net_raw,cap_dac_read_search+p "$context/node-local-coredns"
 podman build --quiet --network none --pull=never --build-arg "BASE=$base" -t "$image" -f "$here/../Dockerfile" "$context" >/dev/null
 mkdir -p "$(dirname "$archive")"
 rm -f "$archive"

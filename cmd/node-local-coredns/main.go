@@ -35,6 +35,13 @@ import (
 var version = ""
 
 func main() {
+	// Not as root, the agent, the watchdog and status (its probe's mark, the
+	// conntrack count) make their file capabilities effective, and pass the
+	// iptables tools theirs.
+	if err := agent.RaiseCapabilities(); err != nil {
+		fmt.Fprintln(os.Stderr, "node-local-coredns:", err)
+		os.Exit(1)
+	}
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
@@ -68,7 +75,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	defer stop()
 	log.Info("starting", "version", versionString(), "local_ips", cfg.LocalIPs, "upstreams", cfg.Upstreams,
 		"interface", cfg.Interface, "setup_interface", cfg.SetupInterface, "setup_netfilter", cfg.SetupNetfilter)
-	setMemoryLimit(cfg.MemoryLimit, log)
+	cfg = cfg.Sized(setMemoryLimit(cfg.MemoryLimit, log))
+	log.Info("sized for the memory limit", "cache_success", cfg.SuccessCapacity, "cache_denial", cfg.DenialCapacity, "max_concurrent", cfg.MaxConcurrent)
 	if err := metrics.Register(prometheus.DefaultRegisterer); err != nil {
 		log.Error("registering metrics", "error", err)
 		return 1

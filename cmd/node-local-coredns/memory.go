@@ -17,23 +17,25 @@ const memoryShare = 0.85
 
 // setMemoryLimit sets Go's soft memory limit from the container's limit:
 // limit bytes (the flag, from the downward API), else the cgroup's own
-// limit. GOMEMLIMIT, when set, wins, as Go's documentation has it.
-func setMemoryLimit(limit int64, log *slog.Logger) {
-	if os.Getenv("GOMEMLIMIT") != "" {
-		log.Info("memory limit", "gomemlimit", os.Getenv("GOMEMLIMIT"), "from", "GOMEMLIMIT")
-		return
-	}
+// limit. GOMEMLIMIT, when set, wins, as Go's documentation has it. It
+// returns the container's limit (0: unknown), which sizes the caches.
+func setMemoryLimit(limit int64, log *slog.Logger) int64 {
 	from := "--memory-limit"
 	if limit <= 0 {
 		limit, from = cgroupMemoryLimit(), "cgroup"
 	}
+	if os.Getenv("GOMEMLIMIT") != "" {
+		log.Info("memory limit", "container", limit, "gomemlimit", os.Getenv("GOMEMLIMIT"), "from", "GOMEMLIMIT")
+		return limit
+	}
 	if limit <= 0 {
 		log.Info("memory limit", "gomemlimit", "none", "because", "no --memory-limit and no cgroup limit found")
-		return
+		return 0
 	}
 	soft := int64(float64(limit) * memoryShare)
 	debug.SetMemoryLimit(soft)
 	log.Info("memory limit", "container", limit, "gomemlimit", soft, "from", from)
+	return limit
 }
 
 // cgroupMemoryLimit reads the limit of the process's own memory cgroup as a

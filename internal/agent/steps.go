@@ -23,6 +23,10 @@ import (
 // without touching the node is checked here: capabilities, tools, and the
 // Corefile template.
 func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, error) {
+	if cfg.MaxConcurrent == 0 {
+		// Not sized by the caller (which knows the cgroup's limit too).
+		cfg = cfg.Sized(cfg.MemoryLimit)
+	}
 	if err := checkPrivileges(cfg); err != nil {
 		return nil, err
 	}
@@ -222,6 +226,7 @@ func corefileValues(cfg config.Config) corefile.Values {
 		MissRate:        cfg.MissRate,
 		SuccessCapacity: cfg.SuccessCapacity,
 		DenialCapacity:  cfg.DenialCapacity,
+		MaxConcurrent:   cfg.MaxConcurrent,
 	}
 }
 

@@ -27,6 +27,9 @@ const (
 	DefaultReloadInterval  = 5 * time.Second
 	DefaultServeStale      = time.Hour
 	DefaultCacheCapacity   = 9984
+	// DefaultMaxConcurrent is forward's max_concurrent when the memory
+	// limit is unknown.
+	DefaultMaxConcurrent = 1000
 	// DefaultMaxUDPSize caps UDP answers whatever buffer a client
 	// advertises (DNS Flag Day 2020; Unbound's and Knot Resolver's
 	// default): larger answers are truncated (TC), and the client asks
@@ -76,8 +79,12 @@ type Config struct {
 	SyncInterval time.Duration
 	// ReloadInterval is how often the Corefile template is checked for changes.
 	ReloadInterval time.Duration
-	// SuccessCapacity and DenialCapacity size the built-in Corefile's caches.
+	// SuccessCapacity and DenialCapacity size the built-in Corefile's caches
+	// (0: from the memory limit, see Sized).
 	SuccessCapacity, DenialCapacity int
+	// MaxConcurrent bounds the misses each forward of the built-in Corefile
+	// has in flight (Sized sets it from the memory limit).
+	MaxConcurrent int
 	// ServeStale is how long expired cache entries are served while
 	// kube-dns does not answer (RFC 8767).
 	ServeStale time.Duration
@@ -144,8 +151,8 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&c.CorefilePath, "corefile", "", "Corefile template file (default: built in)")
 	fs.DurationVar(&c.SyncInterval, "sync-interval", DefaultSyncInterval, "how often addresses and rules are checked and repaired")
 	fs.DurationVar(&c.ReloadInterval, "reload-interval", DefaultReloadInterval, "how often the Corefile template is checked for changes (rendered into the reload plugin)")
-	fs.IntVar(&c.SuccessCapacity, "cache-success", DefaultCacheCapacity, "capacity of the cache for answers (entries)")
-	fs.IntVar(&c.DenialCapacity, "cache-denial", DefaultCacheCapacity, "capacity of the cache for denials, NXDOMAIN and NODATA (entries)")
+	fs.IntVar(&c.SuccessCapacity, "cache-success", 0, "capacity of each cache for answers (entries; default: from the memory limit, see docs/configuration.md)")
+	fs.IntVar(&c.DenialCapacity, "cache-denial", 0, "capacity of each cache for denials, NXDOMAIN and NODATA (entries; default: from the memory limit)")
 	fs.DurationVar(&c.ServeStale, "serve-stale", DefaultServeStale, "how long expired cache entries are served while kube-dns does not answer (0: never)")
 	fs.Int64Var(&c.MemoryLimit, "memory-limit", 0, "the container's memory limit in bytes, of which 85% becomes Go's soft limit (default $MEMORY_LIMIT, as the DaemonSet sets it from limits.memory, else the cgroup's limit)")
 	fs.IntVar(&c.MissRate, "miss-rate", DefaultMissRate, "queries a second one client may send past the cache (cache misses), bursts of twice as many; more are dropped (0: no limit)")
@@ -443,8 +450,8 @@ func (c *Config) validate() error {
 	default:
 		return &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", c.IptablesMode)}
 	}
-	if c.SuccessCapacity < 1 || c.DenialCapacity < 1 {
-		return &Error{Flag: "cache-success", Err: fmt.Errorf("cache capacities must be positive (--cache-success %d, --cache-denial %d)", c.SuccessCapacity, c.DenialCapacity)}
+	if c.SuccessCapacity < 0 || c.DenialCapacity < 0 {
+		return &Error{Flag: "cache-success", Err: fmt.Errorf("cache capacities must be positive, or 0 for the memory limit's (--cache-success %d, --cache-denial %d)", c.SuccessCapacity, c.DenialCapacity)}
 	}
 	if c.ServeStale < 0 || c.ServeStale%time.Second != 0 {
 		return &Error{Flag: "serve-stale", Err: fmt.Errorf("%s is not a whole number of seconds, 0 or more", c.ServeStale)}

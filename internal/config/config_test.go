@@ -116,8 +116,7 @@ func TestParseDefaults(t *testing.T) {
 		MetricsAddr:     ":9253",
 		ServeStale:      time.Hour,
 		ProbeMark:       0x200000,
-		SuccessCapacity: 9984,
-		DenialCapacity:  9984,
+		// SuccessCapacity, DenialCapacity: 0, from the memory limit (Sized).
 	}
 	if !slices.Equal(c.LocalIPs, want.LocalIPs) || !slices.Equal(c.Upstreams, want.Upstreams) {
 		t.Fatalf("addresses: %+v", c)
@@ -203,5 +202,37 @@ func TestParseUnknownFlagAndHelp(t *testing.T) {
 	}
 	if _, err := Parse([]string{"extra"}, podEnv, io.Discard); err == nil {
 		t.Error("a positional argument was accepted")
+	}
+}
+
+// The caches and the misses in flight are sized from the memory limit as
+// internal/config/memory.go's arithmetic says, within their bounds.
+func TestSized(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		limit                   int64
+		capacity, maxConcurrent int
+	}{
+		{0, DefaultCacheCapacity, DefaultMaxConcurrent},
+		{128 * mib, 4352, 400},     // 0.40 L / (4 × 3 KiB); 0.15 L / (2 × 20 KiB)
+		{256 * mib, 8704, 900},     // twice as much, rounded down
+		{16 * mib, 512, 100},       // the smallest limits get the floors
+		{1 * mib, 256, 100},        // one entry per shard at least
+		{64 << 30, 1 << 20, 10000}, // the ceilings
+	} {
+		got := Config{}.Sized(tc.limit)
+		if got.SuccessCapacity != tc.capacity || got.DenialCapacity != tc.capacity || got.MaxConcurrent != tc.maxConcurrent {
+			t.Errorf("limit %d: capacities %d/%d, max_concurrent %d; want %d, %d", tc.limit, got.SuccessCapacity, got.DenialCapacity, got.MaxConcurrent, tc.capacity, tc.maxConcurrent)
+		}
+		if tc.limit > 0 {
+			worst := float64(builtInCaches*got.SuccessCapacity*entryCost + builtInForwards*got.MaxConcurrent*inflightCost)
+			if worst > 0.55*float64(tc.limit) && tc.limit >= 64*mib {
+				t.Errorf("limit %d: full caches and misses in flight may take %.0f bytes, more than 55%% of it", tc.limit, worst)
+			}
+		}
+	}
+	// Capacities given are kept.
+	if got := (Config{SuccessCapacity: 7, DenialCapacity: 9}).Sized(128 << 20); got.SuccessCapacity != 7 || got.DenialCapacity != 9 {
+		t.Errorf("given capacities changed: %d, %d", got.SuccessCapacity, got.DenialCapacity)
 	}
 }

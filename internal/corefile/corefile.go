@@ -44,6 +44,8 @@ type Values struct {
 	// MissRate is how many queries a second a client may send past the
 	// cache (the misslimit plugin, bursts of twice as many); 0: no limit.
 	MissRate int
+	// MaxConcurrent bounds the misses each forward has in flight (0: 1000).
+	MaxConcurrent int
 }
 
 var funcs = template.FuncMap{

@@ -99,7 +99,7 @@ func TestDefaultProperties(t *testing.T) {
 	if n, tcp := strings.Count(got, "forward ."), strings.Count(got, "force_tcp"); n != 2 || tcp != n {
 		t.Errorf("%d forwards, %d of them force_tcp; want 2, both", n, tcp)
 	}
-	if n := strings.Count(got, "max_concurrent 1000"); n != 2 {
+	if n := strings.Count(got, "max_concurrent 1000"); n != 2 { // the Values leave it to the template's default
 		t.Errorf("max_concurrent in %d forwards, want both: misses in flight must be bounded", n)
 	}
 	if n := strings.Count(got, "misslimit 500 1000"); n != 2 {

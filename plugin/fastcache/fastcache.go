@@ -47,11 +47,11 @@ func (f *FastCache) Name() string { return pluginName }
 // answer it wrote is stored for the fast path.
 func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	if !f.fast.Load() {
-		return f.cache.ServeDNS(ctx, w, r)
+		return f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, &lookup{client: w}), w, r)
 	}
 	wire, err := r.Pack()
 	if err != nil {
-		return f.cache.ServeDNS(ctx, w, r)
+		return f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, &lookup{client: w}), w, r)
 	}
 	var (
 		q   query
@@ -59,10 +59,10 @@ func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	)
 	now := f.store.now()
 	if !parseQuery(wire, buf[:], &q) || f.store.get(q.key, now) != nil {
-		return f.cache.ServeDNS(ctx, w, r)
+		return f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, &lookup{client: w}), w, r)
 	}
-	lk := new(lookup)
 	cw := &captureWriter{ResponseWriter: w}
+	lk := &lookup{client: cw}
 	rc, err := f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, lk), cw, r)
 	if cw.msg != nil && !lk.upstream.Load() {
 		f.capture(q.key, cw.msg, now)
@@ -129,6 +129,9 @@ func (c *captureWriter) WriteMsg(m *dns.Msg) error {
 
 // lookup is what fastcache learns of one request to CoreDNS's cache.
 type lookup struct {
+	// client is the writer CoreDNS's cache was given: the way to the
+	// client past the cache (budgetWriter).
+	client dns.ResponseWriter
 	// upstream is set when the cache passed the request on (a miss, a
 	// refresh, a prefetch).
 	upstream atomic.Bool
@@ -137,15 +140,21 @@ type lookup struct {
 type lookupKey struct{}
 
 // upstream sits between CoreDNS's cache and the rest of the chain and marks
-// the request as a miss when the cache passes it on.
-type upstream struct{ next plugin.Handler }
+// the request as a miss when the cache passes it on, and counts large
+// answers against the budget (budgetWriter).
+type upstream struct {
+	next plugin.Handler
+	f    *FastCache
+}
 
 func (u upstream) Name() string { return pluginName }
 
 func (u upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	if lk, ok := ctx.Value(lookupKey{}).(*lookup); ok {
+	lk, _ := ctx.Value(lookupKey{}).(*lookup)
+	if lk != nil {
 		lk.upstream.Store(true)
 	}
+	w = &budgetWriter{ResponseWriter: w, f: u.f, req: r, lk: lk}
 	if u.next == nil {
 		return plugin.NextOrFailure(pluginName, nil, ctx, w, r)
 	}

@@ -40,14 +40,37 @@ var (
 		Help:      "The number of answers stored for the fast path.",
 	}, []string{"zone"})
 
+	// uncached counts the large answers sent without being cached, the
+	// budget for large answers being full.
+	uncached = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "uncached_large_answers_total",
+		Help:      "The count of answers larger than 1232 bytes sent without being cached, the budget for large answers being full.",
+	}, []string{"zone"})
+	// largeBytes is what the large answers cached are counted at.
+	largeBytes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "large_answers_bytes",
+		Help:      "The bytes counted against the budget for cached answers larger than 1232 bytes.",
+	}, func() float64 { return float64(largeAnswers.inUse()) })
+	// largeLimit is that budget.
+	largeLimit = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "large_answers_budget_bytes",
+		Help:      "The budget for cached answers larger than 1232 bytes (an eighth of Go's soft memory limit).",
+	}, func() float64 { return float64(largeAnswers.budgetBytes()) })
+
 	registerMetrics sync.Once
 )
 
 // zoneMetrics are the counters one fastcache updates per query, resolved
 // once so that a hit allocates nothing.
 type zoneMetrics struct {
-	hits, misses prometheus.Counter
-	size         prometheus.Gauge
+	hits, misses, uncached prometheus.Counter
+	size                   prometheus.Gauge
 	// server is set when the prometheus plugin runs before fastcache: the
 	// fast path then counts its answers as the prometheus plugin would.
 	server *serverMetrics
@@ -55,7 +78,7 @@ type zoneMetrics struct {
 
 // registerAll registers the plugin's metrics (once, through registerMetrics).
 func registerAll() {
-	for _, c := range []prometheus.Collector{hits, misses, size, limitedDrops} {
+	for _, c := range []prometheus.Collector{hits, misses, size, limitedDrops, uncached, largeBytes, largeLimit} {
 		_ = prometheus.DefaultRegisterer.Register(c)
 	}
 }
@@ -63,9 +86,10 @@ func registerAll() {
 func newZoneMetrics(cfg *dnsserver.Config, f *FastCache) *zoneMetrics {
 	registerMetrics.Do(registerAll)
 	m := &zoneMetrics{
-		hits:   hits.WithLabelValues(f.zone),
-		misses: misses.WithLabelValues(f.zone),
-		size:   size.WithLabelValues(f.zone),
+		hits:     hits.WithLabelValues(f.zone),
+		misses:   misses.WithLabelValues(f.zone),
+		uncached: uncached.WithLabelValues(f.zone),
+		size:     size.WithLabelValues(f.zone),
 	}
 	if h, ok := cfg.Handler("prometheus").(*metrics.Metrics); ok && h != nil {
 		m.server = &serverMetrics{zone: f.zone, plugin: nextAfter(cfg, "prometheus")}

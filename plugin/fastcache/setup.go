@@ -49,6 +49,9 @@ type options struct {
 	prefetch   int
 	percentage int
 	staleTTL   uint32
+	// retention bounds how long CoreDNS's cache keeps an entry: the larger
+	// of its two maximum TTLs, and the serve_stale duration after that.
+	retention time.Duration
 }
 
 func setup(c *caddy.Controller) error {
@@ -73,9 +76,10 @@ func setup(c *caddy.Controller) error {
 	}
 
 	f := &FastCache{opts: opts, store: newStore(opts.capacity), zone: cfg.Zone}
+	largeAnswers.size()
 	cfg.AddPlugin(func(next plugin.Handler) plugin.Handler {
 		f.Next = next
-		f.cache = cache(upstream{next: next})
+		f.cache = cache(upstream{next: next, f: f})
 		return f
 	})
 	addrs := listenAddrs(cfg)
@@ -163,7 +167,15 @@ func (f *FastCache) eligible(cfg *dnsserver.Config) bool {
 func parseOptions(d *caddyfile.Dispenser) (options, error) {
 	o := options{percentage: 10}
 	success, denial := defaultCap, defaultCap
+	successTTL, denialTTL := defaultSuccessTTL, defaultDenialTTL
+	var stale time.Duration
 	for d.Next() {
+		if args := d.RemainingArgs(); len(args) > 0 {
+			// cache [TTL] [ZONES...]: the maximum TTL of both.
+			if n, err := strconv.Atoi(args[0]); err == nil {
+				successTTL, denialTTL = n, n
+			}
+		}
 		for d.NextBlock() {
 			args := d.RemainingArgs()
 			switch d.Val() {
@@ -175,10 +187,22 @@ func parseOptions(d *caddyfile.Dispenser) (options, error) {
 				if err != nil {
 					return o, err
 				}
+				ttl := 0
+				if len(args) > 1 {
+					if ttl, err = strconv.Atoi(args[1]); err != nil {
+						return o, err
+					}
+				}
 				if d.Val() == "success" {
 					success = n
+					if ttl > 0 {
+						successTTL = ttl
+					}
 				} else {
 					denial = n
+					if ttl > 0 {
+						denialTTL = ttl
+					}
 				}
 			case "keepttl":
 				o.keepTTL = true
@@ -202,6 +226,14 @@ func parseOptions(d *caddyfile.Dispenser) (options, error) {
 				}
 			case "serve_stale":
 				// serve_stale [DURATION] [immediate [STALE_TTL ...] | verify [TIMEOUT [STALE_TTL ...]]]
+				stale = time.Hour
+				if len(args) > 0 {
+					d, err := time.ParseDuration(args[0])
+					if err != nil {
+						return o, err
+					}
+					stale = d
+				}
 				at := 2
 				if len(args) > 1 && strings.EqualFold(args[1], "verify") {
 					at = 3
@@ -217,9 +249,16 @@ func parseOptions(d *caddyfile.Dispenser) (options, error) {
 		}
 	}
 	o.capacity = success + denial
+	o.retention = time.Duration(max(successTTL, denialTTL))*time.Second + stale
 	return o, nil
 }
 
 // defaultCap is CoreDNS's cache's default capacity for each of its two
 // caches.
 const defaultCap = 9984
+
+// CoreDNS's cache's default maximum TTLs, in seconds.
+const (
+	defaultSuccessTTL = 3600
+	defaultDenialTTL  = 1800
+)

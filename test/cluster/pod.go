@@ -24,14 +24,24 @@ import (
 type Podman struct {
 	// Conf is the containers.conf path (image/containers.conf).
 	Conf string
+	// HooksDir holds the OCI hooks podman runs (WriteHooks); empty: none.
+	HooksDir string
+}
+
+func (p Podman) command(ctx context.Context, args ...string) *exec.Cmd {
+	if p.HooksDir != "" {
+		args = append([]string{"--hooks-dir", p.HooksDir}, args...)
+	}
+	cmd := exec.CommandContext(ctx, "podman", args...)
+	cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+p.Conf)
+	return cmd
 }
 
 // Run runs podman with args and returns its standard output.
 func (p Podman) Run(ctx context.Context, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "podman", args...)
-	cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+p.Conf)
+	cmd := p.command(ctx, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -45,8 +55,7 @@ func (p Podman) Run(ctx context.Context, args ...string) (string, error) {
 func (p Podman) Logs(ctx context.Context, name string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "podman", "logs", name)
-	cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+p.Conf)
+	cmd := p.command(ctx, "logs", name)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("podman logs %s: %w: %s", name, err, out)
@@ -171,7 +180,8 @@ func (c *Cluster) RunPod(ctx context.Context, pm Podman, ds *appsv1.DaemonSet, i
 // harness cannot honour is an error rather than ignored.
 func securityArgs(pod *corev1.PodSecurityContext, sc *corev1.SecurityContext) ([]string, error) {
 	var args []string
-	user, group := int64(0), int64(-1)
+	// Without runAsUser the image's user runs, as kubelet leaves it.
+	user, group := int64(-1), int64(-1)
 	if pod != nil && pod.RunAsUser != nil {
 		user = *pod.RunAsUser
 	}
@@ -187,11 +197,19 @@ func securityArgs(pod *corev1.PodSecurityContext, sc *corev1.SecurityContext) ([
 	if sc.RunAsGroup != nil {
 		group = *sc.RunAsGroup
 	}
-	u := strconv.FormatInt(user, 10)
-	if group >= 0 {
-		u += ":" + strconv.FormatInt(group, 10)
+	nonRoot := (pod != nil && pod.RunAsNonRoot != nil && *pod.RunAsNonRoot) || (sc.RunAsNonRoot != nil && *sc.RunAsNonRoot)
+	switch {
+	case nonRoot && user == 0:
+		return nil, fmt.Errorf("runAsNonRoot with runAsUser 0: kubelet would not start it")
+	case nonRoot && user < 0:
+		return nil, fmt.Errorf("runAsNonRoot without runAsUser: the harness does not read the image's user")
+	case user >= 0:
+		u := strconv.FormatInt(user, 10)
+		if group >= 0 {
+			u += ":" + strconv.FormatInt(group, 10)
+		}
+		args = append(args, "--user", u)
 	}
-	args = append(args, "--user", u)
 	if sc.Privileged != nil && *sc.Privileged {
 		return nil, fmt.Errorf("privileged containers are not run by the harness")
 	}
@@ -249,7 +267,8 @@ func (p *Pod) volumes(ctx context.Context, ns string, vols []corev1.Volume) (map
 		case v.HostPath != nil:
 			path := v.HostPath.Path
 			if v.HostPath.Type != nil && *v.HostPath.Type == corev1.HostPathFileOrCreate {
-				f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o600)
+				// As kubelet creates it (an existing file keeps its mode).
+				f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o644)
 				if err != nil {
 					return nil, fmt.Errorf("volume %s: %w", v.Name, err)
 				}
@@ -388,6 +407,27 @@ func (ct *Container) ExitCode(ctx context.Context, pm Podman) (int, bool, error)
 	code, oom, _ := strings.Cut(strings.TrimSpace(out), " ")
 	n, err := strconv.Atoi(code)
 	return n, oom == "true", err
+}
+
+// ProcessStatus returns the fields of /proc/PID/status of the container's
+// process (read from the node, not through anything in the image): Uid,
+// NoNewPrivs, CapEff, CapAmb and so on, by name.
+func (ct *Container) ProcessStatus(ctx context.Context, pm Podman) (map[string]string, error) {
+	out, err := pm.Run(ctx, "inspect", "--format", "{{.State.Pid}}", ct.Name)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(out), "status"))
+	if err != nil {
+		return nil, fmt.Errorf("the process of %s: %w", ct.Name, err)
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	return fields, nil
 }
 
 // Logs returns what the container logged.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -266,7 +267,8 @@ var clusterScenarios = []struct {
 }
 
 // Pods are served by the agent: their DNS leaves no conntrack entry, the
-// agent counts it, and both probes pass.
+// agent counts it, both probes pass, and its processes run non-root with
+// only their capabilities.
 func scenarioServed(t *testing.T, s *suite) {
 	logs := s.agent().Logs(t.Context(), s.env.podman)
 	wantMode := map[string]string{cluster.IptablesLegacy: "mode=legacy", cluster.IptablesNFT: "mode=nft", cluster.Nftables: "mode=nft"}[s.c.Mode]
@@ -295,6 +297,7 @@ func scenarioServed(t *testing.T, s *suite) {
 			t.Errorf("%s probe: %v", p, err)
 		}
 	}
+	checkLeastPrivilege(t, s)
 }
 
 // Through the agent, every kind of answer is kube-dns's.
@@ -713,4 +716,51 @@ func scenarioModeDetection(t *testing.T, s *suite) {
 		t.Errorf("the agent touched the node's interfaces: %q", addrs)
 	}
 	t.Logf("without NET_RAW: exit %d, %s", code, lastLines(logs, 1))
+}
+
+// The capabilities (linux/capability.h) the containers' processes hold.
+const (
+	capDACReadSearch  = 1 << 2
+	capNetBindService = 1 << 10
+	capNetAdmin       = 1 << 12
+	capNetRaw         = 1 << 13
+)
+
+// checkLeastPrivilege checks that the pod's processes run as the manifests
+// say, the way containerd starts them: a non-root user, no_new_privs, the
+// bounding set the container's capabilities, and in effect only what each
+// process uses itself (the agent NET_ADMIN and NET_BIND_SERVICE, the
+// watchdog NET_ADMIN), the tools' capabilities ambient.
+func checkLeastPrivilege(t *testing.T, s *suite) {
+	t.Helper()
+	tools := uint64(capNetAdmin | capNetRaw | capDACReadSearch)
+	for name, eff := range map[string]uint64{"node-local-coredns": capNetAdmin | capNetBindService, "watchdog": capNetAdmin} {
+		st, err := s.pod.Containers[name].ProcessStatus(t.Context(), s.env.podman)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hex := func(k string) uint64 {
+			n, err := strconv.ParseUint(st[k], 16, 64)
+			if err != nil {
+				t.Fatalf("%s: %s %q: %v", name, k, st[k], err)
+			}
+			return n
+		}
+		if uids := strings.Fields(st["Uid"]); len(uids) != 4 || slices.Contains(uids, "0") {
+			t.Errorf("%s: uids %q, want none of them root", name, st["Uid"])
+		}
+		if st["NoNewPrivs"] != "1" {
+			t.Errorf("%s: NoNewPrivs %q, want 1 (allowPrivilegeEscalation: false)", name, st["NoNewPrivs"])
+		}
+		if got := hex("CapEff"); got != eff {
+			t.Errorf("%s: effective capabilities %#x, want %#x", name, got, eff)
+		}
+		bnd := hex("CapBnd")
+		if got := hex("CapAmb"); got != tools&bnd {
+			t.Errorf("%s: ambient capabilities %#x, want the tools' that the container has, %#x", name, got, tools&bnd)
+		}
+		if got := hex("CapPrm"); got&^(eff|tools) != 0 {
+			t.Errorf("%s: permitted capabilities %#x beyond its own and the tools'", name, got)
+		}
+	}
 }

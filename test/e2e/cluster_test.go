@@ -73,7 +73,15 @@ func setupClusterEnv(t *testing.T) *clusterEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pm := cluster.Podman{Conf: conf}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hooks, err := cluster.WriteHooks(filepath.Join(t.TempDir(), "hooks"), exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm := cluster.Podman{Conf: conf, HooksDir: hooks}
 	if err := pm.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/node-local-coredns/node-local-coredns/test/cluster"
 	"github.com/node-local-coredns/node-local-coredns/test/nodesim"
 )
 
@@ -22,6 +23,10 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	if os.Getenv(cluster.HookEnv) != "" {
+		// podman runs this binary as the cluster harness's OCI hook.
+		return cluster.RunPrecreateHook()
+	}
 	if why := nodesim.Supported(); why == "" {
 		// Namespaces an earlier, killed run left behind.
 		if err := nodesim.Sweep("nlc", "nlk"); err != nil {

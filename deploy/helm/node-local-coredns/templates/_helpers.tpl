@@ -18,3 +18,30 @@ app.kubernetes.io/name: node-local-coredns
 {{- end }}
 - --iptables-mode={{ .Values.iptablesMode }}
 {{- end }}
+
+{{/*
+A container's securityContext: a non-root user with every capability
+dropped but those its process uses (the image's binary holds them as file
+capabilities and raises them itself). The list given is the container's
+own; NET_RAW (iptables-legacy's raw socket) and DAC_READ_SEARCH
+(iptables-legacy opening the node's /run/xtables.lock, root-only when the
+node's first iptables created it) go to the iptables tools only, and only
+where the legacy backend may be used: iptablesMode auto or legacy.
+*/}}
+{{- define "nlc.securityContext" -}}
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+capabilities:
+  drop: ["ALL"]
+  {{- $caps := .caps }}
+  {{- if ne .root.Values.iptablesMode "nft" }}
+  {{- $caps = concat $caps (list "NET_RAW" "DAC_READ_SEARCH") }}
+  {{- end }}
+  add: [{{ range $i, $c := $caps }}{{ if $i }}, {{ end }}"{{ $c }}"{{ end }}]
+{{- end }}
