@@ -217,3 +217,69 @@ func TestAttackTCPHolds(t *testing.T) {
 		t.Logf("held %d TCP connections open with partial messages (%d dials failed)", opened, refused)
 	})
 }
+
+// Pods ask, over TCP, distinct names whose answers are about 54 KB (a zone
+// of their own can serve them), misslimit off: the caches count such
+// answers at their size against a budget (an eighth of Go's soft limit),
+// and past it answer them without caching, so that the agent stays within
+// its memory limit and keeps answering the cached name.
+func TestAttackLargeAnswers(t *testing.T) {
+	n, a, cg := attackNode(t, "--miss-rate=0")
+	var answered, failed, bytes int64
+	var mu sync.Mutex
+	underAttack(t, n, a, cg, func() {
+		var wg sync.WaitGroup
+		deadline := time.Now().Add(8 * time.Second)
+		dial := nodesim.Dialer(n.Pods[0].NS)
+		for w := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; time.Now().Before(deadline) && i < 100000; i++ {
+					ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+					c, err := dial(ctx, "tcp", netip.AddrPortFrom(nodesim.KubeDNS, 53).String())
+					cancel()
+					if err != nil {
+						mu.Lock()
+						failed++
+						mu.Unlock()
+						continue
+					}
+					m := new(dns.Msg)
+					m.SetQuestion(fmt.Sprintf("large-%d-%d.example.org.", w, i), dns.TypeTXT)
+					dc := &dns.Conn{Conn: c}
+					_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+					err = dc.WriteMsg(m)
+					var r *dns.Msg
+					if err == nil {
+						r, err = dc.ReadMsg()
+					}
+					c.Close()
+					mu.Lock()
+					if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 200 {
+						failed++
+					} else {
+						answered++
+						bytes += int64(r.Len())
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		t.Logf("%d large answers received (%.0f MB), %d queries failed or refused", answered, float64(bytes)/1e6, failed)
+	})
+	if answered == 0 {
+		t.Fatal("no large answer was received: the attack did not run")
+	}
+	used := metricValue(t, n, "coredns_fastcache_large_answers_bytes")
+	budget := metricValue(t, n, "coredns_fastcache_large_answers_budget_bytes")
+	uncached := metricValue(t, n, "coredns_fastcache_uncached_large_answers_total")
+	t.Logf("large answers: %.1f MiB counted of a %.1f MiB budget; %.0f sent without being cached", used/(1<<20), budget/(1<<20), uncached)
+	if budget <= 0 || used > budget {
+		t.Errorf("large answers count %.0f bytes against a budget of %.0f", used, budget)
+	}
+	if cachedAll := budget / (2 * 54000); float64(answered) > 2*cachedAll && uncached == 0 {
+		t.Errorf("%d large answers, more than the budget holds, and none sent uncached", answered)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -167,4 +168,30 @@ func sameAnswer(a, b *dns.Msg) bool {
 		return sb.String()
 	}
 	return records(a) == records(b)
+}
+
+// metricValue sums every series of the agent's metric name (0 when it has
+// none).
+func metricValue(t *testing.T, n *nodesim.Node, name string) float64 {
+	t.Helper()
+	client := nodesim.HTTPClient(n.NS, 5*time.Second)
+	resp, err := client.Get("http://127.0.0.1:9253/metrics")
+	if err != nil {
+		t.Fatalf("fetching metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, l := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(l, name+" ") && !strings.HasPrefix(l, name+"{") {
+			continue
+		}
+		f := strings.Fields(l)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", l, err)
+		}
+		sum += v
+	}
+	return sum
 }

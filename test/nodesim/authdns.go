@@ -150,6 +150,13 @@ func answer(m *dns.Msg, q dns.Question, domain string, ttl uint32) {
 		case dns.TypeAAAA:
 			m.Answer = []dns.RR{&dns.AAAA{Hdr: hdr, AAAA: AddrFor(name, true).AsSlice()}}
 		case dns.TypeTXT:
+			if strings.HasPrefix(name, "large-") {
+				// About 54 KB, as a hostile zone can serve over TCP.
+				for i := range 200 {
+					m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr, Txt: []string{fmt.Sprintf("%03d-%s", i, strings.Repeat("x", 240))}})
+				}
+				break
+			}
 			// Large enough to truncate over plain UDP.
 			var txt []string
 			for i := range 8 {
