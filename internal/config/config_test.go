@@ -214,9 +214,9 @@ func TestSized(t *testing.T) {
 		capacity, maxConcurrent int
 	}{
 		{0, DefaultCacheCapacity, DefaultMaxConcurrent},
-		{128 * mib, 4352, 400},     // 0.40 L / (4 × 3 KiB); 0.15 L / (2 × 20 KiB)
-		{256 * mib, 8704, 900},     // twice as much, rounded down
-		{16 * mib, 512, 100},       // the smallest limits get the floors
+		{128 * mib, 3584, 400},     // 0.40 L / (4 × 3.5 KiB); 0.15 L / (2 × 20 KiB)
+		{256 * mib, 7424, 900},     // twice as much, rounded down
+		{16 * mib, 256, 100},       // the smallest limits get the floors
 		{1 * mib, 256, 100},        // one entry per shard at least
 		{64 << 30, 1 << 20, 10000}, // the ceilings
 	} {
@@ -225,7 +225,7 @@ func TestSized(t *testing.T) {
 			t.Errorf("limit %d: capacities %d/%d, max_concurrent %d; want %d, %d", tc.limit, got.SuccessCapacity, got.DenialCapacity, got.MaxConcurrent, tc.capacity, tc.maxConcurrent)
 		}
 		if tc.limit > 0 {
-			worst := float64(builtInCaches*got.SuccessCapacity*entryCost + builtInForwards*got.MaxConcurrent*inflightCost)
+			worst := float64(builtInCaches*got.SuccessCapacity*EntryCost + builtInForwards*got.MaxConcurrent*inflightCost)
 			if worst > 0.55*float64(tc.limit) && tc.limit >= 64*mib {
 				t.Errorf("limit %d: full caches and misses in flight may take %.0f bytes, more than 55%% of it", tc.limit, worst)
 			}

@@ -7,7 +7,8 @@ package config
 // for stacks, the runtime and the kernel's socket buffers.
 //
 //	caches            0.40 L  builtInCaches caches of SizedCapacity entries,
-//	                          each at most entryCost
+//	                          each at most EntryCost (measured by
+//	                          internal/server.TestEntryCost)
 //	large answers     0.85 L / 8 (≈ 0.11 L): answers above the UDP cap,
 //	                          counted at their size (plugin/fastcache)
 //	misses in flight  0.15 L  builtInForwards × max_concurrent, each at most
@@ -16,11 +17,12 @@ package config
 //	                          connections, packets being answered
 const (
 	cacheShare = 0.40
-	// entryCost bounds what one cached name costs with an answer of up to
+	// EntryCost bounds what one cached name costs with an answer of up to
 	// the UDP cap (1,232 bytes): CoreDNS's cache item (the records as Go
 	// values, about twice the wire size) and the fast path's copy of the
-	// wire answer (plugin/fastcache's store), with their keys and headers.
-	entryCost = 3 << 10
+	// wire answer (plugin/fastcache's store), with their keys and headers:
+	// 2,960 bytes measured for a 1,136-byte answer, and some room.
+	EntryCost = 3584
 	// builtInCaches: the built-in Corefile has two server blocks with a
 	// fastcache each, each with a success and a denial cache.
 	builtInCaches = 4
@@ -46,7 +48,7 @@ func SizedCapacity(limit int64) int {
 	if limit <= 0 {
 		return DefaultCacheCapacity
 	}
-	n := int64(float64(limit)*cacheShare) / (builtInCaches * entryCost)
+	n := int64(float64(limit)*cacheShare) / (builtInCaches * EntryCost)
 	n = n / cacheShards * cacheShards
 	return int(min(max(n, cacheShards), maxSizedCapacity))
 }

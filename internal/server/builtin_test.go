@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/node-local-coredns/node-local-coredns/internal/config"
 	"github.com/node-local-coredns/node-local-coredns/internal/corefile"
 )
 
@@ -51,6 +53,15 @@ func startBigUpstream(t testing.TB, delay time.Duration) *bigUpstream {
 		n := 1
 		if strings.HasPrefix(q.Name, "big.") {
 			n = 120
+		}
+		if strings.HasPrefix(q.Name, "txt-") {
+			// As large as an answer the caches count by entry gets: about 1.1 KB.
+			n = 0
+			txt := make([]string, 5)
+			for i := range txt {
+				txt[i] = fmt.Sprintf("%d%s", i, strings.Repeat("x", 209))
+			}
+			m.Answer = []dns.RR{&dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60}, Txt: txt}}
 		}
 		for i := range n {
 			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, byte(i+1))})
@@ -195,4 +206,61 @@ func rawUDP(t *testing.T, addr, name string) (*dns.Msg, int) {
 		t.Fatalf("%s over UDP: answer ID %d, query %d", name, r.Id, m.Id)
 	}
 	return r, n
+}
+
+// A cached name with an answer of about 1.1 KB, stored by CoreDNS's cache
+// and by the fast path, costs no more than the memory arithmetic's
+// config.EntryCost, which sizes the caches from the memory limit.
+func TestEntryCost(t *testing.T) {
+	const names = 3000
+	up := startBigUpstream(t, 0)
+	addr := startBuiltIn(t, up.addr, func(v *corefile.Values) {
+		v.SuccessCapacity, v.DenialCapacity = 4*names, 4*names
+	})
+	c := &dns.Client{Net: "udp", UDPSize: 1232, Timeout: 2 * time.Second}
+	ask := func(i int) int {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("txt-%d.example.org.", i), dns.TypeTXT)
+		m.SetEdns0(1232, false)
+		r, _, err := c.Exchange(m, addr)
+		if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+			t.Fatalf("name %d: %v %v", i, r, err)
+		}
+		return r.Len()
+	}
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	// Warm up: the servers' goroutines, pools and buffers.
+	for i := range 200 {
+		ask(names + i)
+		ask(names + i)
+		ask(names + i)
+	}
+	before := heap()
+	size := 0
+	// The first asking is a miss, the second a hit of CoreDNS's cache, which
+	// stores the answer for the fast path, the third the fast path's.
+	for round := range 3 {
+		for i := range names {
+			size = ask(i)
+		}
+		_ = round
+	}
+	after := heap()
+	per := float64(after-before) / names
+	t.Logf("%d names with answers of %d bytes: %.0f bytes each in the caches (config.EntryCost %d)", names, size, per, config.EntryCost)
+	if size < 1000 {
+		t.Fatalf("answers of %d bytes: too small to measure the worst entry", size)
+	}
+	if per > config.EntryCost {
+		t.Errorf("a cached name costs %.0f bytes, more than config.EntryCost (%d): the caches sized from the memory limit can outgrow their share", per, config.EntryCost)
+	}
+	if per < 1000 {
+		t.Errorf("a cached name costs %.0f bytes: the names were not all cached, the measurement is wrong", per)
+	}
 }
