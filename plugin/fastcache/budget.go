@@ -124,10 +124,14 @@ func (w *budgetWriter) WriteMsg(m *dns.Msg) error {
 	if largeAnswers.admit(w.key(), n, now, now.Add(w.f.opts.retention)) {
 		return w.ResponseWriter.WriteMsg(m)
 	}
+	if w.lk == nil || w.lk.client == nil {
+		// No way to the client past the cache (fastcache always gives one).
+		return w.ResponseWriter.WriteMsg(m)
+	}
 	if w.f.m != nil {
 		w.f.m.uncached.Inc()
 	}
-	if w.lk == nil || w.lk.client == nil || prefetching(w) {
+	if prefetching(w) {
 		// A prefetch has no client to answer: nothing is cached, and the
 		// entry the cache has expires in its time.
 		return nil
