@@ -97,6 +97,9 @@ func RaiseCapabilities() error {
 		return err
 	}
 	permitted := caps.permitted
+	if permitted == 0 {
+		return nil // nothing to raise: it serves unprivileged, or says what it lacks
+	}
 	own := permitted & capMask(capNetAdmin, capNetBindService)
 	tools := permitted & capMask(capNetAdmin, capNetRaw, capDACReadSearch)
 	set := own | tools
