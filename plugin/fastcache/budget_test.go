@@ -117,7 +117,8 @@ func TestLargeAnswersBudget(t *testing.T) {
 	}
 }
 
-// testUpstream serves h over UDP and TCP on one loopback port.
+// testUpstream serves h over UDP and TCP on one loopback port (a port free
+// for UDP may be taken for TCP: another is tried).
 func testUpstream(t *testing.T, h dns.Handler) string {
 	t.Helper()
 	var (

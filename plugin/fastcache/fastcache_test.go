@@ -77,29 +77,7 @@ func authServer(t *testing.T) string {
 		}
 		_ = w.WriteMsg(m)
 	})
-	var (
-		pc  net.PacketConn
-		ln  net.Listener
-		err error
-	)
-	for range 5 { // a port free for UDP may be taken for TCP
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	us := &dns.Server{PacketConn: pc, Handler: h}
-	ts := &dns.Server{Listener: ln, Handler: h}
-	go us.ActivateAndServe()
-	go ts.ActivateAndServe()
-	t.Cleanup(func() { us.Shutdown(); ts.Shutdown() })
-	return pc.LocalAddr().String()
+	return testUpstream(t, h)
 }
 
 func freePort(t *testing.T) int {

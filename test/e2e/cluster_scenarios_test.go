@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -720,10 +721,10 @@ func scenarioModeDetection(t *testing.T, s *suite) {
 
 // The capabilities (linux/capability.h) the containers' processes hold.
 const (
-	capDACReadSearch  = 1 << 2
-	capNetBindService = 1 << 10
-	capNetAdmin       = 1 << 12
-	capNetRaw         = 1 << 13
+	capDACReadSearch  = 1 << unix.CAP_DAC_READ_SEARCH
+	capNetBindService = 1 << unix.CAP_NET_BIND_SERVICE
+	capNetAdmin       = 1 << unix.CAP_NET_ADMIN
+	capNetRaw         = 1 << unix.CAP_NET_RAW
 )
 
 // checkLeastPrivilege checks that the pod's processes run as the manifests
