@@ -11,6 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/node-local-coredns/node-local-coredns/internal/config"
 	"github.com/node-local-coredns/node-local-coredns/test/nodesim"
 )
 
@@ -53,10 +54,24 @@ func attackNode(t *testing.T, args ...string) (*nodesim.Node, *nodesim.Agent, *n
 // cachedName is what the legitimate pod asks during an attack.
 const cachedName = "hit-1.default.svc.cluster.local."
 
+// lookups is what the legitimate pod saw during an attack.
+type lookups struct {
+	asked, failed int
+	first         error
+}
+
+// allAnswered fails t unless every lookup of the cached name was answered.
+func (l lookups) allAnswered(t *testing.T) {
+	t.Helper()
+	if l.failed != 0 {
+		t.Errorf("%d of %d lookups of a cached name failed during the attack, want 0 (first: %v)", l.failed, l.asked, l.first)
+	}
+}
+
 // underAttack runs attack while the second pod asks the cached name every
-// 20 ms, and checks that every one of those lookups was answered, that the
-// agent still runs and that the kernel killed nothing for the limit.
-func underAttack(t *testing.T, n *nodesim.Node, a *nodesim.Agent, cg *nodesim.MemoryCgroup, attack func()) {
+// 20 ms, checks that the agent still runs and that the kernel killed
+// nothing for the limit, and returns what the lookups met.
+func underAttack(t *testing.T, n *nodesim.Node, a *nodesim.Agent, cg *nodesim.MemoryCgroup, attack func()) lookups {
 	t.Helper()
 	legit := n.Pods[1]
 	resolve(t, legit, "udp", nodesim.KubeDNS, cachedName, dns.TypeA)
@@ -110,9 +125,7 @@ func underAttack(t *testing.T, n *nodesim.Node, a *nodesim.Agent, cg *nodesim.Me
 	if kills != 0 || a.Exited() {
 		t.Fatalf("the agent was OOM-killed (%d kills in its cgroup, exited: %v)", kills, a.Exited())
 	}
-	if failed != 0 {
-		t.Errorf("%d of %d lookups of a cached name failed during the attack, want 0 (first: %v)", failed, asked, firstFailure)
-	}
+	return lookups{asked: asked, failed: failed, first: firstFailure}
 }
 
 // A pod floods names that kube-dns never answers (its endpoints are hung),
@@ -147,42 +160,86 @@ func TestAttackUnansweredNames(t *testing.T) {
 		if bound := int64(500*8 + 1000 + 250); passed > bound {
 			t.Errorf("%d of the flood's queries got past the cache, want at most %d (--miss-rate 500 for 8 s, and the burst)", passed, bound)
 		}
-	})
+	}).allAnswered(t)
 }
 
-// Pods fill the caches with distinct names whose answers are about 1 KB
-// (TXT, asked with a 1,232-byte buffer), misslimit off so that nothing
-// slows the filling: both caches reach their capacity, and the agent stays
-// within its memory limit and keeps answering the cached name.
+// Two pods fill the caches with distinct names whose answers are about
+// 1 KB (TXT, asked with a 1,232-byte buffer), 12,000 queries a second:
+// both success caches reach their capacity (sized from the memory limit)
+// and go no further, and the agent stays within its memory limit. With the
+// deployed configuration (misslimit on: 500 misses a second per pod, 5,000
+// names per zone in 8 s, more than a cache holds) the cached name is
+// answered every time. With misslimit off the flood's misses take both
+// cores of this machine and lookups of the cached name are lost: only the
+// memory bound is asserted.
 func TestAttackCacheFill(t *testing.T) {
-	n, a, cg := attackNode(t, "--miss-rate=0")
-	underAttack(t, n, a, cg, func() {
-		var wg sync.WaitGroup
-		for p := range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rep, err := nodesim.Flood(n.Pods[p].NS, nodesim.FloodSpec{
-					Server: netip.AddrPortFrom(nodesim.KubeDNS, 53), Rate: 6000, Duration: 8 * time.Second,
-					Qtype: dns.TypeTXT, EDNS: 1232,
-					Name: func(i int) string {
-						if i%2 == 0 {
-							return fmt.Sprintf("fill-%d-%d.default.svc.cluster.local.", p, i)
+	capacity := config.SizedCapacity(memoryLimit)
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		answered bool
+	}{
+		{"deployed", nil, true},
+		{"misslimit-off", []string{"--miss-rate=0"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, a, cg := attackNode(t, tc.args...)
+			seen := underAttack(t, n, a, cg, func() {
+				var wg sync.WaitGroup
+				for p := range 2 {
+					wg.Go(func() {
+						rep, err := nodesim.Flood(n.Pods[p].NS, nodesim.FloodSpec{
+							Server: netip.AddrPortFrom(nodesim.KubeDNS, 53), Rate: 6000, Duration: 8 * time.Second,
+							Qtype: dns.TypeTXT, EDNS: 1232,
+							Name: func(i int) string {
+								if i%2 == 0 {
+									return fmt.Sprintf("fill-%d-%d.default.svc.cluster.local.", p, i)
+								}
+								return fmt.Sprintf("fill-%d-%d.example.org.", p, i)
+							},
+						})
+						if err != nil {
+							t.Error(err)
+							return
 						}
-						return fmt.Sprintf("fill-%d-%d.example.org.", p, i)
-					},
-				})
-				if err != nil {
-					t.Error(err)
-					return
+						t.Logf("pod %d: %d queries sent, answers %v", p, rep.Sent, rep.Answers)
+					})
 				}
-				t.Logf("pod %d: %d queries sent, answers %v", p, rep.Sent, rep.Answers)
-			}()
+				wg.Wait()
+			})
+			if tc.answered {
+				seen.allAnswered(t)
+			}
+			checkFilled(t, n, capacity)
+		})
+	}
+}
+
+// checkFilled checks that both zones' success caches are full, close to
+// capacity (CoreDNS's cache evicts per shard, so a few shards stay short)
+// and not beyond it, and that the fast path holds no more than its own
+// capacity (success and denial).
+func checkFilled(t *testing.T, n *nodesim.Node, capacity int) {
+	t.Helper()
+	zones := map[string]bool{}
+	for _, s := range metricSeries(t, n, "coredns_cache_entries") {
+		if s.Labels["type"] != "success" {
+			continue
 		}
-		wg.Wait()
-	})
-	entries := metric(t, n, "127.0.0.1:9253", "coredns_cache_entries")
-	t.Logf("cache entries after the attack: %s", entries)
+		zones[s.Labels["zones"]] = true
+		t.Logf("cache of %s: %.0f success entries, capacity %d", s.Labels["zones"], s.Value, capacity)
+		if s.Value > float64(capacity) || s.Value < 0.75*float64(capacity) {
+			t.Errorf("cache of %s holds %.0f success entries, want at most its capacity %d and at least 3/4 of it (filled)", s.Labels["zones"], s.Value, capacity)
+		}
+	}
+	if len(zones) != 2 {
+		t.Errorf("success caches of zones %v, want the built-in Corefile's two", zones)
+	}
+	for _, s := range metricSeries(t, n, "coredns_fastcache_entries") {
+		if s.Value > float64(2*capacity) {
+			t.Errorf("the fast path holds %.0f answers for %s, want at most %d", s.Value, s.Labels["zone"], 2*capacity)
+		}
+	}
 }
 
 // A pod opens TCP connections as fast as the agent accepts them, each
@@ -215,7 +272,7 @@ func TestAttackTCPHolds(t *testing.T) {
 			opened++
 		}
 		t.Logf("held %d TCP connections open with partial messages (%d dials failed)", opened, refused)
-	})
+	}).allAnswered(t)
 }
 
 // Pods ask, over TCP, distinct names whose answers are about 54 KB (a zone
@@ -268,7 +325,7 @@ func TestAttackLargeAnswers(t *testing.T) {
 		}
 		wg.Wait()
 		t.Logf("%d large answers received (%.0f MB), %d queries failed or refused", answered, float64(bytes)/1e6, failed)
-	})
+	}).allAnswered(t)
 	if answered == 0 {
 		t.Fatal("no large answer was received: the attack did not run")
 	}

@@ -204,7 +204,7 @@ func (s *suite) podDNSConntrack(t *testing.T) []string {
 // agentRequests is the agent's count of DNS requests it served.
 func (s *suite) agentRequests(t *testing.T) float64 {
 	t.Helper()
-	v, err := nodesim.Metric(t.Context(), s.c.Node.NS, "http://127.0.0.1:9253/metrics", "coredns_dns_requests_total")
+	v, err := nodesim.Metric(t.Context(), s.c.Node.NS, agentMetrics, "coredns_dns_requests_total")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,8 +412,7 @@ func scenarioKubeProxyResync(t *testing.T, s *suite) {
 	if rules == "" {
 		t.Fatal("no agent rules in the node's ruleset")
 	}
-	restoredURL := "http://127.0.0.1:9253/metrics"
-	restored, err := nodesim.Metric(ctx, s.c.Node.NS, restoredURL, "node_local_coredns_restored_total")
+	restored, err := nodesim.Metric(ctx, s.c.Node.NS, agentMetrics, "node_local_coredns_restored_total")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +446,7 @@ func scenarioKubeProxyResync(t *testing.T, s *suite) {
 	if got := s.agentRules(t); got != rules {
 		t.Errorf("the agent's rules changed across kube-proxy's syncs:\nbefore:\n%s\nafter:\n%s", rules, got)
 	}
-	after, err := nodesim.Metric(ctx, s.c.Node.NS, restoredURL, "node_local_coredns_restored_total")
+	after, err := nodesim.Metric(ctx, s.c.Node.NS, agentMetrics, "node_local_coredns_restored_total")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -473,7 +472,7 @@ func scenarioReadiness(t *testing.T, s *suite) {
 		tool = "iptables-legacy"
 	}
 	restored := func() float64 {
-		v, err := nodesim.Metric(t.Context(), s.c.Node.NS, "http://127.0.0.1:9253/metrics", "node_local_coredns_restored_total")
+		v, err := nodesim.Metric(t.Context(), s.c.Node.NS, agentMetrics, "node_local_coredns_restored_total")
 		if err != nil {
 			t.Fatal(err)
 		}

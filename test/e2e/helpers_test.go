@@ -1,10 +1,7 @@
 package e2e
 
 import (
-	"fmt"
-	"io"
 	"net/netip"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -131,25 +128,6 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	return 0
 }
 
-// metric fetches the agent's metrics from the node namespace and returns
-// the value line of name (with labels, if given), or "".
-func metric(t *testing.T, n *nodesim.Node, addr, name string) string {
-	t.Helper()
-	client := nodesim.HTTPClient(n.NS, 5*time.Second)
-	resp, err := client.Get(fmt.Sprintf("http://%s/metrics", addr))
-	if err != nil {
-		t.Fatalf("fetching metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, l := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(l, name+" ") || strings.HasPrefix(l, name+"{") {
-			return l
-		}
-	}
-	return ""
-}
-
 // sameAnswer reports whether two responses carry the same rcode and the
 // same records in the answer and authority sections, TTLs aside (a cached
 // answer ages, and a cache clears the AA bit).
@@ -174,24 +152,22 @@ func sameAnswer(a, b *dns.Msg) bool {
 // none).
 func metricValue(t *testing.T, n *nodesim.Node, name string) float64 {
 	t.Helper()
-	client := nodesim.HTTPClient(n.NS, 5*time.Second)
-	resp, err := client.Get("http://127.0.0.1:9253/metrics")
+	v, err := nodesim.Metric(t.Context(), n.NS, agentMetrics, name)
 	if err != nil {
-		t.Fatalf("fetching metrics: %v", err)
+		t.Fatalf("reading the agent's metrics: %v", err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var sum float64
-	for _, l := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(l, name+" ") && !strings.HasPrefix(l, name+"{") {
-			continue
-		}
-		f := strings.Fields(l)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", l, err)
-		}
-		sum += v
-	}
-	return sum
+	return v
 }
+
+// metricSeries returns every series of the agent's metric name.
+func metricSeries(t *testing.T, n *nodesim.Node, name string) []nodesim.Sample {
+	t.Helper()
+	series, err := nodesim.MetricSeries(t.Context(), n.NS, agentMetrics, name)
+	if err != nil {
+		t.Fatalf("reading the agent's metrics: %v", err)
+	}
+	return series
+}
+
+// agentMetrics is where the simulated node's agent serves its metrics.
+const agentMetrics = "http://127.0.0.1:9253/metrics"

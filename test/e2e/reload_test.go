@@ -73,8 +73,8 @@ func TestCorefileTemplateReload(t *testing.T) {
 	eventually(t, 10*time.Second, "broken template refused", func() bool {
 		return strings.Contains(a.Output(), "refusing Corefile template")
 	})
-	if got := metric(t, n, "127.0.0.1:9253", "node_local_coredns_corefile_errors_total"); got != "node_local_coredns_corefile_errors_total 1" {
-		t.Errorf("corefile errors metric: %q, want 1", got)
+	if got := metricValue(t, n, "node_local_coredns_corefile_errors_total"); got != 1 {
+		t.Errorf("corefile errors metric: %v, want 1", got)
 	}
 	r, _, err := pod.Query("udp", nodesim.KubeDNS, probe, dns.TypeA)
 	if err != nil || len(r.Answer) != 1 {

@@ -53,32 +53,53 @@ func Get(ctx context.Context, ns, url string) ([]byte, error) {
 	return body, err
 }
 
-// Metric fetches Prometheus metrics from url in namespace ns and returns
-// the sum of every series of the counter or gauge name (0 when absent).
-func Metric(ctx context.Context, ns, url, name string) (float64, error) {
+// Sample is one series of a metric: its labels and its value.
+type Sample struct {
+	Labels map[string]string
+	Value  float64
+}
+
+// MetricSeries fetches Prometheus metrics from url in namespace ns and
+// returns every series of the counter or gauge name (none when absent); a
+// histogram's series counts its observations.
+func MetricSeries(ctx context.Context, ns, url, name string) ([]Sample, error) {
 	body, err := Get(ctx, ns, url)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))
 	if err != nil {
-		return 0, fmt.Errorf("parsing the metrics of %s: %w", url, err)
+		return nil, fmt.Errorf("parsing the metrics of %s: %w", url, err)
 	}
-	var sum float64
-	if f, ok := families[name]; ok {
-		for _, m := range f.GetMetric() {
-			switch {
-			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				sum += m.GetGauge().GetValue()
-			case m.Untyped != nil:
-				sum += m.GetUntyped().GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
+	var out []Sample
+	for _, m := range families[name].GetMetric() {
+		s := Sample{Labels: map[string]string{}}
+		for _, l := range m.GetLabel() {
+			s.Labels[l.GetName()] = l.GetValue()
 		}
+		switch {
+		case m.Counter != nil:
+			s.Value = m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			s.Value = m.GetGauge().GetValue()
+		case m.Untyped != nil:
+			s.Value = m.GetUntyped().GetValue()
+		case m.Histogram != nil:
+			s.Value = float64(m.GetHistogram().GetSampleCount())
+		}
+		out = append(out, s)
 	}
-	return sum, nil
+	return out, nil
+}
+
+// Metric fetches Prometheus metrics from url in namespace ns and returns
+// the sum of every series of the counter or gauge name (0 when absent).
+func Metric(ctx context.Context, ns, url, name string) (float64, error) {
+	series, err := MetricSeries(ctx, ns, url, name)
+	var sum float64
+	for _, s := range series {
+		sum += s.Value
+	}
+	return sum, err
 }
