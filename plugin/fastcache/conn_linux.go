@@ -656,6 +656,27 @@ func (c *conn) SetWriteDeadline(t time.Time) error {
 // path's socket alone. CoreDNS's server keeps running on its socket and
 // answers nothing but what was already queued.
 func detachOthers(addr netip.AddrPort, keep int) error {
+	return eachOwnSocket(addr, keep, func(fd int) error {
+		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_DGRAM {
+			return nil
+		}
+		if _, err := unix.Getpeername(fd); err == nil {
+			return nil
+		}
+		var peer unix.Sockaddr = &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}
+		if addr.Addr().Is6() {
+			peer = &unix.SockaddrInet6{Port: 9, Addr: netip.IPv6Loopback().As16()}
+		}
+		if err := unix.Connect(fd, peer); err != nil {
+			return fmt.Errorf("detaching socket %d on %s: %w", fd, addr, err)
+		}
+		return nil
+	})
+}
+
+// eachOwnSocket calls f with every descriptor of this process, keep aside,
+// that is a socket bound to addr, and returns f's errors joined.
+func eachOwnSocket(addr netip.AddrPort, keep int, f func(fd int) error) error {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return fmt.Errorf("listing own sockets: %w", err)
@@ -666,22 +687,12 @@ func detachOthers(addr netip.AddrPort, keep int) error {
 		if _, err := fmt.Sscan(e.Name(), &fd); err != nil || fd == keep {
 			continue
 		}
-		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_DGRAM {
-			continue
-		}
 		sa, err := unix.Getsockname(fd)
 		if err != nil || !sameAddr(sa, addr) {
 			continue
 		}
-		if _, err := unix.Getpeername(fd); err == nil {
-			continue
-		}
-		var peer unix.Sockaddr = &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}}
-		if addr.Addr().Is6() {
-			peer = &unix.SockaddrInet6{Port: 9, Addr: netip.IPv6Loopback().As16()}
-		}
-		if err := unix.Connect(fd, peer); err != nil {
-			errs = append(errs, fmt.Errorf("detaching socket %d on %s: %w", fd, addr, err))
+		if err := f(fd); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -31,6 +31,8 @@ type listener struct {
 
 	conn *conn
 	dns  *dns.Server
+	// tcp is the fast path's TCP server on the address, with its caps.
+	tcp *dns.Server
 }
 
 // registry holds the listeners of the process by address. The listeners
@@ -117,6 +119,9 @@ func (l *listener) stop() {
 	if l.dns != nil {
 		_ = l.dns.Shutdown()
 	}
+	if l.tcp != nil {
+		_ = l.tcp.Shutdown()
+	}
 	if l.conn != nil {
 		_ = l.conn.Close()
 	}
@@ -159,6 +164,15 @@ func attach(s *dnsserver.Server) dns.DecorateWriter {
 	}()
 	if err := detachOthers(ap, c.fd); err != nil {
 		log.Warningf("%s: %v; CoreDNS's socket shares the queries with the fast path", s.Addr, err)
+	}
+	ln, fd, err := listenTCP(ap)
+	if err != nil {
+		log.Errorf("%s: TCP left to CoreDNS, without caps on connections: %v", s.Addr, err)
+		return nil
+	}
+	l.serveTCP(ln, s)
+	if err := takeTCP(ap, fd); err != nil {
+		log.Warningf("%s: %v; CoreDNS's listener shares the TCP connections with the fast path's", s.Addr, err)
 	}
 	return nil
 }

@@ -63,6 +63,22 @@ var (
 		Help:      "The budget for cached answers larger than 1232 bytes (an eighth of Go's soft memory limit).",
 	}, func() float64 { return float64(largeAnswers.budgetBytes()) })
 
+	// tcpOpen and tcpRefused are the fast path's TCP connections on each
+	// address: open now, and closed at once for passing a cap (reason
+	// "total" or "client").
+	tcpOpen = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "tcp_connections",
+		Help:      "The TCP connections open on the fast path's listener.",
+	}, []string{"server"})
+	tcpRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "tcp_refused_total",
+		Help:      "The count of TCP connections closed on accepting them, past the cap on all connections (reason total) or on one client address's (reason client).",
+	}, []string{"server", "reason"})
+
 	registerMetrics sync.Once
 )
 
@@ -78,7 +94,7 @@ type zoneMetrics struct {
 
 // registerAll registers the plugin's metrics (once, through registerMetrics).
 func registerAll() {
-	for _, c := range []prometheus.Collector{hits, misses, size, limitedDrops, uncached, largeBytes, largeLimit} {
+	for _, c := range []prometheus.Collector{hits, misses, size, limitedDrops, uncached, largeBytes, largeLimit, tcpOpen, tcpRefused} {
 		_ = prometheus.DefaultRegisterer.Register(c)
 	}
 }

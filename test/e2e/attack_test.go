@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -244,10 +246,22 @@ func checkFilled(t *testing.T, n *nodesim.Node, capacity int) {
 
 // A pod opens TCP connections as fast as the agent accepts them, each
 // announcing a 65,535-byte message, sending 1,000 bytes of it and holding
-// it: the agent stays within its memory limit (each connection is closed at
-// the read timeout) and keeps answering the cached name.
+// it: the agent holds no more of them than one client's cap (the rest are
+// closed at once), reads only what has arrived, stays within its memory
+// limit and keeps answering the cached name, over UDP and, to another
+// pod, over TCP.
 func TestAttackTCPHolds(t *testing.T) {
 	n, a, cg := attackNode(t)
+	var perClient int
+	for _, l := range strings.Split(a.Output(), "\n") {
+		if _, err := fmt.Sscanf(l[max(0, strings.Index(l, "TCP: at most")):], "TCP: at most %d connections at once, %d per client address", new(int), &perClient); err == nil {
+			break
+		}
+	}
+	if perClient == 0 {
+		t.Fatalf("the agent logged no TCP caps:\n%s", lastLines(a.Output(), 30))
+	}
+	var most float64
 	underAttack(t, n, a, cg, func() {
 		opened, refused := 0, 0
 		var conns []net.Conn
@@ -257,6 +271,24 @@ func TestAttackTCPHolds(t *testing.T) {
 			}
 		}()
 		deadline := time.Now().Add(8 * time.Second)
+		var (
+			wg             sync.WaitGroup
+			asked, failed  int
+			firstTCPFailed error
+		)
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				time.Sleep(250 * time.Millisecond)
+				asked++
+				if _, _, err := n.Pods[1].Query("tcp", nodesim.KubeDNS, cachedName, dns.TypeA); err != nil {
+					failed++
+					firstTCPFailed = cmp.Or(firstTCPFailed, err)
+				}
+				if v, err := nodesim.Metric(t.Context(), n.NS, agentMetrics, "coredns_fastcache_tcp_connections"); err == nil {
+					most = max(most, v)
+				}
+			}
+		})
 		partial := append([]byte{0xff, 0xff}, make([]byte, 1000)...)
 		dial := nodesim.Dialer(n.Pods[0].NS)
 		for time.Now().Before(deadline) && opened < 20000 {
@@ -271,8 +303,27 @@ func TestAttackTCPHolds(t *testing.T) {
 			conns = append(conns, c)
 			opened++
 		}
-		t.Logf("held %d TCP connections open with partial messages (%d dials failed)", opened, refused)
+		wg.Wait()
+		t.Logf("opened %d TCP connections with partial messages (%d dials failed); the agent held at most %.0f at once (cap per client %d)", opened, refused, most, perClient)
+		t.Logf("the other pod over TCP: %d lookups of the cached name, %d failed", asked, failed)
+		if failed != 0 {
+			t.Errorf("%d of %d lookups over TCP from another pod failed during the attack (first: %v)", failed, asked, firstTCPFailed)
+		}
 	}).allAnswered(t)
+	// The other pod's connection is one more than the attacker's share.
+	if most > float64(perClient+1) {
+		t.Errorf("the agent held %.0f TCP connections at once, want at most one client's cap (%d) and the other pod's", most, perClient)
+	}
+	closed := 0.0
+	for _, s := range metricSeries(t, n, "coredns_fastcache_tcp_refused_total") {
+		if s.Labels["reason"] == "client" {
+			closed += s.Value
+		}
+	}
+	t.Logf("connections closed on accepting them, past the client's cap: %.0f", closed)
+	if closed == 0 {
+		t.Error("no connection was closed for the client's cap")
+	}
 }
 
 // Pods ask, over TCP, distinct names whose answers are about 54 KB (a zone
