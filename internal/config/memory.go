@@ -13,8 +13,10 @@ package config
 //	                          counted at their size (plugin/fastcache)
 //	misses in flight  0.15 L  builtInForwards × max_concurrent, each at most
 //	                          inflightCost
-//	the rest          0.34 L  the process itself (about 20 MiB idle), TCP
-//	                          connections, packets being answered
+//	TCP connections   0.85 L / 8 (≈ 0.11 L): the fast path's listener caps
+//	                          them at 80 KiB each (plugin/fastcache)
+//	the rest          0.23 L  the process itself (about 20 MiB idle), packets
+//	                          being answered
 const (
 	cacheShare = 0.40
 	// EntryCost bounds what one cached name costs with an answer of up to
