@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
@@ -107,6 +108,10 @@ func Start(source Source) (*Server, error) {
 	activeMu.Lock()
 	active = s
 	activeMu.Unlock()
+	// The fast path takes its addresses as CoreDNS starts serving them, just
+	// after caddy.Start returns; a server block it cannot attach to (not
+	// plain DNS) gives up the wait after a second.
+	fastcache.Attached(time.Second)
 	return s, nil
 }
 

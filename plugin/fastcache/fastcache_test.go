@@ -120,6 +120,7 @@ func startCoreDNS(t *testing.T, zones, body string) string {
 		inst.Stop()
 		inst.ShutdownCallbacks()
 	})
+	Attached(2 * time.Second)
 	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 

@@ -33,6 +33,9 @@ type listener struct {
 	dns  *dns.Server
 	// tcp is the fast path's TCP server on the address, with its caps.
 	tcp *dns.Server
+	// attached is set once CoreDNS started serving the address and the
+	// fast path took it (or found it cannot).
+	attached bool
 }
 
 // registry holds the listeners of the process by address. The listeners
@@ -142,6 +145,7 @@ func attach(s *dnsserver.Server) dns.DecorateWriter {
 	if l.conn != nil {
 		return nil
 	}
+	defer func() { l.attached = true }()
 	ap, err := netip.ParseAddrPort(strings.TrimPrefix(s.Addr, "dns://"))
 	if err != nil || ap.Addr().IsUnspecified() {
 		// A wildcard address needs the destination of each query to answer
@@ -231,4 +235,28 @@ func (l *listener) answer(p, key, out []byte, q *query, at time.Time) ([]byte, *
 		return nil, nil, false
 	}
 	return answer(out, e, p, q, ttl), f, true
+}
+
+// Attached waits up to timeout for every address with a fastcache to have
+// its fast path started, or found off, and reports whether they all have.
+// Until then a TCP connection that CoreDNS's listener queued is reset when
+// the fast path takes the address: the agent waits before it sends pods
+// there.
+func Attached(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		listeners.mu.Lock()
+		all := true
+		for _, l := range listeners.m {
+			all = all && l.attached
+		}
+		listeners.mu.Unlock()
+		if all {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

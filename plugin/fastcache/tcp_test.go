@@ -198,9 +198,8 @@ func TestTCPConnectionsCapped(t *testing.T) {
 			t.Fatalf("a query over TCP: %v", err)
 		}
 	}
-	if v := testutil.ToFloat64(capped.openGauge); v != 0 {
-		t.Errorf("%v connections counted open after they closed", v)
-	}
+	// The server closes its side when it reads the client's close.
+	waitOpen(t, capped, 0)
 
 	// One client address (127.0.0.1) holds its share.
 	var held []net.Conn
@@ -216,12 +215,7 @@ func TestTCPConnectionsCapped(t *testing.T) {
 		}
 		held = append(held, h)
 	}
-	for i := 0; testutil.ToFloat64(capped.openGauge) != float64(capped.perClient); i++ {
-		if i == 100 {
-			t.Fatalf("%v connections open, want %d", testutil.ToFloat64(capped.openGauge), capped.perClient)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitOpen(t, capped, capped.perClient)
 	refused := testutil.ToFloat64(capped.refusedClient)
 	if _, _, err := c.Exchange(q, addr); err == nil {
 		t.Error("a connection past the client's cap was answered")
@@ -233,5 +227,16 @@ func TestTCPConnectionsCapped(t *testing.T) {
 	other := &dns.Client{Net: "tcp", Timeout: 2 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}}
 	if _, _, err := other.Exchange(q, addr); err != nil {
 		t.Errorf("another client past the first one's cap: %v", err)
+	}
+}
+
+// waitOpen waits up to 2 s for l to count want connections open.
+func waitOpen(t *testing.T, l *capListener, want int) {
+	t.Helper()
+	for i := 0; testutil.ToFloat64(l.openGauge) != float64(want); i++ {
+		if i == 100 {
+			t.Fatalf("%v connections counted open, want %d", testutil.ToFloat64(l.openGauge), want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
