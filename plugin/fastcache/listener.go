@@ -184,10 +184,16 @@ func attach(s *dnsserver.Server) dns.DecorateWriter {
 // serveDNS hands a query the fast path did not answer to CoreDNS's server,
 // as CoreDNS's own UDP server does.
 func (l *listener) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
+	l.serve(w, r, l.limit.Load() != nil)
+}
+
+// serve hands a query to CoreDNS's server as its own servers do, marked
+// when the fast path's reader already counted it for misslimit.
+func (l *listener) serve(w dns.ResponseWriter, r *dns.Msg, counted bool) {
 	s := l.srv.Load()
 	ctx := context.WithValue(context.Background(), dnsserver.Key{}, s)
 	ctx = context.WithValue(ctx, dnsserver.LoopKey{}, 0)
-	if l.limit.Load() != nil {
+	if counted {
 		ctx = context.WithValue(ctx, prefiltered{}, true)
 	}
 	s.ServeDNS(ctx, w, r)

@@ -1,7 +1,6 @@
 package fastcache
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -209,8 +208,5 @@ func (l *listener) serveTCP(ln net.Listener, s *dnsserver.Server) {
 // serveTCPQuery hands a query over TCP to CoreDNS's server, as CoreDNS's
 // own TCP server does: every plugin, misslimit included, sees it.
 func (l *listener) serveTCPQuery(w dns.ResponseWriter, r *dns.Msg) {
-	s := l.srv.Load()
-	ctx := context.WithValue(context.Background(), dnsserver.Key{}, s)
-	ctx = context.WithValue(ctx, dnsserver.LoopKey{}, 0)
-	s.ServeDNS(ctx, w, r)
+	l.serve(w, r, false)
 }
