@@ -82,6 +82,15 @@ func TestCapListenerAdmit(t *testing.T) {
 	if v := testutil.ToFloat64(l.refusedClient); v != 0 {
 		t.Errorf("the counters count in Accept, not in admit: %v", v)
 	}
+	// A connection closed twice gives its place back once.
+	p1, p2 := net.Pipe()
+	defer p2.Close()
+	c := &cappedConn{Conn: p1, l: l, client: b}
+	c.Close()
+	c.Close()
+	if v := testutil.ToFloat64(l.openGauge); v != 2 {
+		t.Errorf("open connections gauge %v after one close, want 2", v)
+	}
 }
 
 // An announced 65,535-byte message costs what has arrived, not what was
@@ -166,10 +175,10 @@ func TestArrivalReaderHeld(t *testing.T) {
 func TestTCPConnectionsCapped(t *testing.T) {
 	up := authServer(t)
 	addr := startCoreDNS(t, ".", "    fastcache\n    forward . "+up)
-	if c := fastConn(t, addr); c.l == nil {
+	l := fastConn(t, addr).l
+	if l == nil {
 		t.Fatal("no fast path")
 	}
-	l := fastConn(t, addr).l
 	if l.tcp == nil {
 		t.Fatal("the fast path took no TCP listener")
 	}

@@ -261,7 +261,10 @@ func TestAttackTCPHolds(t *testing.T) {
 	if perClient == 0 {
 		t.Fatalf("the agent logged no TCP caps:\n%s", lastLines(a.Output(), 30))
 	}
-	var most float64
+	var (
+		most    float64
+		samples int
+	)
 	underAttack(t, n, a, cg, func() {
 		opened, refused := 0, 0
 		var conns []net.Conn
@@ -286,6 +289,7 @@ func TestAttackTCPHolds(t *testing.T) {
 				}
 				if v, err := nodesim.Metric(t.Context(), n.NS, agentMetrics, "coredns_fastcache_tcp_connections"); err == nil {
 					most = max(most, v)
+					samples++
 				}
 			}
 		})
@@ -310,6 +314,9 @@ func TestAttackTCPHolds(t *testing.T) {
 			t.Errorf("%d of %d lookups over TCP from another pod failed during the attack (first: %v)", failed, asked, firstTCPFailed)
 		}
 	}).allAnswered(t)
+	if samples == 0 {
+		t.Error("the agent's TCP connections gauge was never read during the attack")
+	}
 	// The other pod's connection is one more than the attacker's share.
 	if most > float64(perClient+1) {
 		t.Errorf("the agent held %.0f TCP connections at once, want at most one client's cap (%d) and the other pod's", most, perClient)
