@@ -17,7 +17,6 @@ import (
 
 	"github.com/node-local-coredns/node-local-coredns/internal/agent"
 	"github.com/node-local-coredns/node-local-coredns/internal/config"
-	"github.com/node-local-coredns/node-local-coredns/internal/netfilter"
 	"github.com/node-local-coredns/node-local-coredns/internal/watchdog"
 )
 
@@ -30,14 +29,15 @@ func runWatchdog(args []string, getenv func(string) string, stderr io.Writer, lo
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	tables, err := agent.Tables(ctx, cfg.IptablesMode, cfg.LocalIPs, log)
+	nf, err := agent.ChooseNetfilter(ctx, cfg.Netfilter, cfg.LocalIPs, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "node-local-coredns watchdog:", err)
 		return 1
 	}
-	fencers := map[netfilter.Family]netfilter.Fencer{}
-	for f, t := range tables {
-		fencers[f] = t
+	fencers, err := nf.Fencers()
+	if err != nil {
+		fmt.Fprintln(stderr, "node-local-coredns watchdog:", err)
+		return 1
 	}
 	var addrs []netip.AddrPort
 	for _, ip := range cfg.LocalIPs {

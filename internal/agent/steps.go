@@ -42,15 +42,11 @@ func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, er
 	}
 	steps = append(steps, &serverStep{source: source, addrs: ListenAddrs(cfg)})
 	if cfg.SetupNetfilter {
-		tables, err := Tables(ctx, cfg.IptablesMode, cfg.LocalIPs, log)
+		nf, err := ChooseNetfilter(ctx, cfg.Netfilter, cfg.LocalIPs, log)
 		if err != nil {
 			return nil, err
 		}
-		generic := map[netfilter.Family]netfilter.Tables{}
-		for f, t := range tables {
-			generic[f] = t
-		}
-		m, err := netfilter.NewManager(generic, cfg.LocalIPs, netfilter.Options{
+		rules, err := nf.Rules(netfilter.Options{
 			Port:        cfg.Port,
 			SocketMatch: true,
 			HostNetwork: cfg.DivertHostNetwork,
@@ -59,40 +55,10 @@ func Steps(ctx context.Context, cfg config.Config, log *slog.Logger) ([]Step, er
 		if err != nil {
 			return nil, err
 		}
-		steps = append(steps, &rulesStep{m})
+		nf.Report()
+		steps = append(steps, &rulesStep{rules})
 	}
 	return steps, nil
-}
-
-// Tables returns the iptables of each family of ips, in mode (auto: the
-// mode that holds the host's rules).
-func Tables(ctx context.Context, mode string, ips []netip.Addr, log *slog.Logger) (map[netfilter.Family]*netfilter.Iptables, error) {
-	reason := "--iptables-mode"
-	if mode == netfilter.ModeAuto {
-		var families []netfilter.Family
-		for _, ip := range ips {
-			families = append(families, netfilter.FamilyOf(ip))
-		}
-		d, err := netfilter.DetectMode(ctx, netfilter.RunSave, families...)
-		if err != nil {
-			return nil, err
-		}
-		mode, reason = d.Mode, d.Reason
-	}
-	tables := map[netfilter.Family]*netfilter.Iptables{}
-	for _, ip := range ips {
-		f := netfilter.FamilyOf(ip)
-		if tables[f] != nil {
-			continue
-		}
-		t, err := netfilter.NewIptables(f, mode)
-		if err != nil {
-			return nil, err
-		}
-		tables[f] = t
-	}
-	log.Info("packet filter", "mode", mode, "because", reason)
-	return tables, nil
 }
 
 // ListenAddrs are the addresses the agent serves DNS on.
@@ -112,13 +78,13 @@ func Peers(cfg config.Config) func() (bool, error) {
 }
 
 // rulesStep reports the socket-match state after setting up the rules.
-type rulesStep struct{ *netfilter.Manager }
+type rulesStep struct{ Rules }
 
 // Shared implements agent.Shared: the rules serve every agent on the node.
 func (r *rulesStep) Shared() bool { return true }
 
 func (r *rulesStep) Setup() error {
-	if err := r.Manager.Setup(); err != nil {
+	if err := r.Rules.Setup(); err != nil {
 		return err
 	}
 	metrics.RulesInstalled.Set(1)
@@ -131,7 +97,7 @@ func (r *rulesStep) Setup() error {
 }
 
 func (r *rulesStep) Teardown() error {
-	err := r.Manager.Teardown()
+	err := r.Rules.Teardown()
 	if err == nil {
 		metrics.RulesInstalled.Set(0)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -105,8 +106,9 @@ type Config struct {
 	DivertHostNetwork bool
 	// ProbeMark is the firewall mark of the watchdog's probes (0: none).
 	ProbeMark uint32
-	// IptablesMode is auto, legacy or nft.
-	IptablesMode string
+	// Netfilter is the rules backend: auto, nftables, iptables-nft or
+	// iptables-legacy.
+	Netfilter string
 	// HealthAddr is where the CoreDNS health plugin listens.
 	HealthAddr string
 	// ReadyAddr is where the CoreDNS ready plugin listens.
@@ -167,7 +169,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 		return Config{}, err
 	}
 	var err error
-	if c.LocalIPs, c.Port, c.ProbeMark, c.IptablesMode, err = common.resolve(getenv); err != nil {
+	if c.LocalIPs, c.Port, c.ProbeMark, c.Netfilter, err = common.resolve(getenv); err != nil {
 		return Config{}, err
 	}
 	c.UpstreamService = *upstreamSvc
@@ -200,8 +202,9 @@ type Watchdog struct {
 	Interval, Timeout, Silence time.Duration
 	// ProbeMark is the firewall mark on probes (must match the agent's).
 	ProbeMark uint32
-	// IptablesMode is auto, legacy or nft.
-	IptablesMode string
+	// Netfilter is the rules backend: auto, nftables, iptables-nft or
+	// iptables-legacy.
+	Netfilter string
 	// MetricsAddr is where the watchdog serves its metrics ("" for none).
 	MetricsAddr string
 }
@@ -221,7 +224,7 @@ func ParseWatchdog(args []string, getenv func(string) string, output io.Writer) 
 		return Watchdog{}, err
 	}
 	var err error
-	if w.LocalIPs, w.Port, w.ProbeMark, w.IptablesMode, err = common.resolve(getenv); err != nil {
+	if w.LocalIPs, w.Port, w.ProbeMark, w.Netfilter, err = common.resolve(getenv); err != nil {
 		return Watchdog{}, err
 	}
 	if w.ProbeMark == 0 {
@@ -242,7 +245,7 @@ type Status struct {
 	ProbeMark uint32
 	// DivertHostNetwork must match the agent's flag (it changes the rules).
 	DivertHostNetwork bool
-	IptablesMode      string
+	Netfilter         string
 	// MetricsAddr is the agent's metrics endpoint, for cache figures.
 	MetricsAddr string
 	Timeout     time.Duration
@@ -265,7 +268,7 @@ func ParseStatus(args []string, getenv func(string) string, output io.Writer) (S
 		return Status{}, err
 	}
 	var err error
-	if s.LocalIPs, s.Port, s.ProbeMark, s.IptablesMode, err = common.resolve(getenv); err != nil {
+	if s.LocalIPs, s.Port, s.ProbeMark, s.Netfilter, err = common.resolve(getenv); err != nil {
 		return Status{}, err
 	}
 	if s.Upstreams, err = resolveUpstreams(*upstreams, *upstreamSvc, getenv); err != nil {
@@ -277,21 +280,31 @@ func ParseStatus(args []string, getenv func(string) string, output io.Writer) (S
 // shared holds the flags every command has: where the agent serves and the
 // mark and backend of its rules.
 type shared struct {
-	localIPs, mode *string
-	port, mark     *uint
+	localIPs, netfilter, mode *string
+	port, mark                *uint
+	fs                        *flag.FlagSet
 }
+
+// Netfilter backends (--netfilter), and what the deprecated
+// --iptables-mode's values mean in them.
+var (
+	netfilterBackends = []string{"auto", "nftables", "iptables-nft", "iptables-legacy"}
+	iptablesModes     = map[string]string{"auto": "auto", "legacy": "iptables-legacy", "nft": "iptables-nft"}
+)
 
 func addShared(fs *flag.FlagSet, localIPHelp, markHelp string) *shared {
 	return &shared{
-		localIPs: fs.String("local-ip", "", localIPHelp+" (default: $"+kubeDNSHostEnv+")"),
-		port:     fs.Uint("port", DefaultPort, "DNS port served on every local IP"),
-		mark:     fs.Uint("probe-mark", DefaultProbeMark, markHelp),
-		mode:     fs.String("iptables-mode", "auto", "iptables backend: auto (the mode that holds the host's rules, as kube-proxy picks it), legacy or nft"),
+		fs:        fs,
+		localIPs:  fs.String("local-ip", "", localIPHelp+" (default: $"+kubeDNSHostEnv+")"),
+		port:      fs.Uint("port", DefaultPort, "DNS port served on every local IP"),
+		mark:      fs.Uint("probe-mark", DefaultProbeMark, markHelp),
+		netfilter: fs.String("netfilter", "auto", "rules backend: auto (iptables-legacy where the host's rules are there, else the agent's own nftables table), nftables, iptables-nft or iptables-legacy"),
+		mode:      fs.String("iptables-mode", "", "deprecated: use --netfilter (legacy is iptables-legacy, nft is iptables-nft, auto is auto)"),
 	}
 }
 
 // resolve checks the shared flags and finds the local IPs.
-func (s *shared) resolve(getenv func(string) string) (ips []netip.Addr, port uint16, mark uint32, mode string, err error) {
+func (s *shared) resolve(getenv func(string) string) (ips []netip.Addr, port uint16, mark uint32, backend string, err error) {
 	if ips, err = resolveLocalIPs(*s.localIPs, getenv); err != nil {
 		return nil, 0, 0, "", err
 	}
@@ -301,12 +314,23 @@ func (s *shared) resolve(getenv func(string) string) (ips []netip.Addr, port uin
 	if *s.mark > 0xffffffff {
 		return nil, 0, 0, "", &Error{Flag: "probe-mark", Err: fmt.Errorf("%#x is wider than 32 bits", *s.mark)}
 	}
-	switch *s.mode {
-	case "auto", "legacy", "nft":
-	default:
-		return nil, 0, 0, "", &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", *s.mode)}
+	backend = *s.netfilter
+	if !slices.Contains(netfilterBackends, backend) {
+		return nil, 0, 0, "", &Error{Flag: "netfilter", Err: fmt.Errorf("%q is not auto, nftables, iptables-nft or iptables-legacy", backend)}
 	}
-	return ips, uint16(*s.port), uint32(*s.mark), *s.mode, nil
+	if *s.mode != "" {
+		mapped, ok := iptablesModes[*s.mode]
+		if !ok {
+			return nil, 0, 0, "", &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft (the flag is deprecated: use --netfilter)", *s.mode)}
+		}
+		netfilterSet := false
+		s.fs.Visit(func(f *flag.Flag) { netfilterSet = netfilterSet || f.Name == "netfilter" })
+		if netfilterSet && mapped != backend {
+			return nil, 0, 0, "", &Error{Flag: "iptables-mode", Err: fmt.Errorf("--iptables-mode=%s contradicts --netfilter=%s (the flag is deprecated: keep --netfilter only)", *s.mode, backend)}
+		}
+		backend = mapped
+	}
+	return ips, uint16(*s.port), uint32(*s.mark), backend, nil
 }
 
 // parse parses args into fs, printing usage (headed by usage) to output
@@ -445,10 +469,8 @@ func (c *Config) validate() error {
 		return &Error{Flag: "cluster-domain", Err: fmt.Errorf("%q is not a domain (labels of letters, digits and hyphens)", c.ClusterDomain)}
 	}
 	c.ClusterDomain = domain
-	switch c.IptablesMode {
-	case "auto", "legacy", "nft":
-	default:
-		return &Error{Flag: "iptables-mode", Err: fmt.Errorf("%q is not auto, legacy or nft", c.IptablesMode)}
+	if !slices.Contains(netfilterBackends, c.Netfilter) {
+		return &Error{Flag: "netfilter", Err: fmt.Errorf("%q is not auto, nftables, iptables-nft or iptables-legacy", c.Netfilter)}
 	}
 	if c.SuccessCapacity < 0 || c.DenialCapacity < 0 {
 		return &Error{Flag: "cache-success", Err: fmt.Errorf("cache capacities must be positive, or 0 for the memory limit's (--cache-success %d, --cache-denial %d)", c.SuccessCapacity, c.DenialCapacity)}

@@ -110,7 +110,7 @@ func TestParseDefaults(t *testing.T) {
 		ReloadInterval:  5 * time.Second,
 		SetupInterface:  true,
 		SetupNetfilter:  true,
-		IptablesMode:    "auto",
+		Netfilter:       "auto",
 		HealthAddr:      "127.0.0.1:8080",
 		ReadyAddr:       "127.0.0.1:8181",
 		MetricsAddr:     ":9253",
@@ -131,7 +131,7 @@ func equalConfig(a, b Config) bool {
 	return a.UpstreamService == b.UpstreamService && a.Interface == b.Interface && a.ClusterDomain == b.ClusterDomain &&
 		a.Port == b.Port && a.CorefilePath == b.CorefilePath && a.SyncInterval == b.SyncInterval &&
 		a.ReloadInterval == b.ReloadInterval && a.SetupInterface == b.SetupInterface && a.SetupNetfilter == b.SetupNetfilter &&
-		a.DivertHostNetwork == b.DivertHostNetwork && a.IptablesMode == b.IptablesMode && a.HealthAddr == b.HealthAddr &&
+		a.DivertHostNetwork == b.DivertHostNetwork && a.Netfilter == b.Netfilter && a.HealthAddr == b.HealthAddr &&
 		a.ReadyAddr == b.ReadyAddr && a.MetricsAddr == b.MetricsAddr && a.ServeStale == b.ServeStale && a.ProbeMark == b.ProbeMark &&
 		a.SuccessCapacity == b.SuccessCapacity && a.DenialCapacity == b.DenialCapacity
 }
@@ -167,6 +167,8 @@ func TestParseErrorsNameFlagAndEnv(t *testing.T) {
 		{name: "sync too often", args: []string{"--sync-interval=10ms"}, getenv: podEnv, wantFlag: "sync-interval"},
 		{name: "reload too often", args: []string{"--reload-interval=1s"}, getenv: podEnv, wantFlag: "reload-interval"},
 		{name: "bad iptables mode", args: []string{"--iptables-mode=ipvs"}, getenv: podEnv, wantFlag: "iptables-mode"},
+		{name: "bad netfilter backend", args: []string{"--netfilter=ipvs"}, getenv: podEnv, wantFlag: "netfilter"},
+		{name: "deprecated mode contradicts backend", args: []string{"--netfilter=nftables", "--iptables-mode=legacy"}, getenv: podEnv, wantFlag: "iptables-mode"},
 		{name: "negative serve-stale", args: []string{"--serve-stale=-1s"}, getenv: podEnv, wantFlag: "serve-stale"},
 		{name: "fractional serve-stale", args: []string{"--serve-stale=1.5s"}, getenv: podEnv, wantFlag: "serve-stale"},
 		{name: "bad metrics address", args: []string{"--metrics-addr=9253"}, getenv: podEnv, wantFlag: "metrics-addr"},
@@ -184,6 +186,38 @@ func TestParseErrorsNameFlagAndEnv(t *testing.T) {
 			msg := err.Error()
 			if !strings.Contains(msg, "--"+tc.wantFlag) || (tc.wantEnv != "" && !strings.Contains(msg, "$"+tc.wantEnv)) || strings.Contains(msg, "\n") {
 				t.Errorf("message %q must be one line naming --%s and $%s", msg, tc.wantFlag, tc.wantEnv)
+			}
+		})
+	}
+}
+
+// TestNetfilterBackend: --netfilter picks the backend, and the deprecated
+// --iptables-mode keeps meaning what it meant.
+func TestNetfilterBackend(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "auto"},
+		{[]string{"--netfilter=nftables"}, "nftables"},
+		{[]string{"--netfilter=iptables-legacy"}, "iptables-legacy"},
+		{[]string{"--iptables-mode=legacy"}, "iptables-legacy"},
+		{[]string{"--iptables-mode=nft"}, "iptables-nft"},
+		{[]string{"--iptables-mode=auto"}, "auto"},
+		{[]string{"--netfilter=iptables-nft", "--iptables-mode=nft"}, "iptables-nft"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			c, err := Parse(tc.args, podEnv, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Netfilter != tc.want {
+				t.Errorf("Netfilter = %q, want %q", c.Netfilter, tc.want)
+			}
+			w, err := ParseWatchdog(tc.args, podEnv, io.Discard)
+			if err != nil || w.Netfilter != tc.want {
+				t.Errorf("watchdog: Netfilter = %q, %v; want %q", w.Netfilter, err, tc.want)
 			}
 		})
 	}

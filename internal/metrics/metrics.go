@@ -43,6 +43,15 @@ var (
 		Help:      "1 when the diversion is gated on a bound socket, 0 when the kernel lacks the socket match.",
 	})
 
+	// NetfilterBackend is 1 for the backend the agent writes its rules
+	// with (nftables, iptables-nft, iptables-legacy) and where its accept
+	// rules go.
+	NetfilterBackend = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace,
+		Name:      "netfilter_backend",
+		Help:      "1 for the rules backend in use (backend) and where the accept rules go (accept_rules).",
+	}, []string{"backend", "accept_rules"})
+
 	// RulesInstalled is 1 while the agent's rules are in place.
 	RulesInstalled = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace,
@@ -59,7 +68,7 @@ var once sync.Once
 func Register(reg prometheus.Registerer) error {
 	var err error
 	once.Do(func() {
-		for _, c := range []prometheus.Collector{SetupErrors, Restored, CorefileErrors, SocketMatch, RulesInstalled} {
+		for _, c := range []prometheus.Collector{SetupErrors, Restored, CorefileErrors, SocketMatch, RulesInstalled, NetfilterBackend} {
 			if e := reg.Register(c); e != nil && !errors.As(e, &prometheus.AlreadyRegisteredError{}) {
 				err = errors.Join(err, e)
 			}

@@ -86,8 +86,8 @@ func TestDetectMode(t *testing.T) {
 			}
 			d, err := DetectMode(context.Background(), save, tt.families...)
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "--iptables-mode") {
-					t.Fatalf("DetectMode = %+v, %v; want an error containing %q that names --iptables-mode", d, err, tt.wantErr)
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "--netfilter") {
+					t.Fatalf("DetectMode = %+v, %v; want an error containing %q that names --netfilter", d, err, tt.wantErr)
 				}
 				return
 			}

@@ -14,8 +14,20 @@ const FenceChain = "NLCOREDNS-FENCE"
 
 var fenceHook = Hook{Table: "raw", Builtin: "PREROUTING", Chain: FenceChain}
 
-// Fencer is what the watchdog needs of one family's tables.
+// Fencer is the watchdog's fence on one backend.
 type Fencer interface {
+	// Fence takes DNS to ips (those of its families) off the agent.
+	Fence(ips []netip.Addr, port uint16) error
+	// Unfence removes the fence; what is already gone is not an error.
+	Unfence() error
+	// Fenced reports whether the fence is in place.
+	Fenced() (bool, error)
+	// Mode names the backend.
+	Mode() string
+}
+
+// iptablesFence is what the iptables fence needs of one family's tables.
+type iptablesFence interface {
 	Exists(table, chain string, spec []string) (bool, error)
 	ChainExists(table, chain string) (bool, error)
 	Restore(payload string) error
@@ -24,10 +36,36 @@ type Fencer interface {
 	Mode() string
 }
 
+// IptablesFencer is the fence in one family's iptables raw table.
+type IptablesFencer struct {
+	T      iptablesFence
+	Family Family
+}
+
+// Fence implements Fencer for the IPs of the fencer's family.
+func (f IptablesFencer) Fence(ips []netip.Addr, port uint16) error {
+	var mine []netip.Addr
+	for _, ip := range ips {
+		if FamilyOf(ip) == f.Family {
+			mine = append(mine, ip)
+		}
+	}
+	return Fence(f.T, mine, port)
+}
+
+// Unfence implements Fencer.
+func (f IptablesFencer) Unfence() error { return Unfence(f.T) }
+
+// Fenced implements Fencer.
+func (f IptablesFencer) Fenced() (bool, error) { return f.T.ChainExists(fenceHook.Table, FenceChain) }
+
+// Mode implements Fencer.
+func (f IptablesFencer) Mode() string { return f.T.Mode() }
+
 // Fence takes DNS to ips off the agent: it writes the fence chain and puts
 // its jump first in raw PREROUTING, in one transaction (moving the jump to
 // the top if something was inserted above it).
-func Fence(t Fencer, ips []netip.Addr, port uint16) error {
+func Fence(t iptablesFence, ips []netip.Addr, port uint16) error {
 	var b strings.Builder
 	b.WriteString("*raw\n")
 	fmt.Fprintf(&b, ":%s - [0:0]\n", FenceChain)
@@ -53,7 +91,7 @@ func Fence(t Fencer, ips []netip.Addr, port uint16) error {
 }
 
 // Unfence removes the fence; what is already gone is not an error.
-func Unfence(t Fencer) error {
+func Unfence(t iptablesFence) error {
 	if err := t.DeleteRule(fenceHook.Table, fenceHook.Builtin, fenceHook.JumpSpec()); err != nil {
 		return fmt.Errorf("removing fence jump in %s: %w", t.Mode(), err)
 	}
@@ -63,7 +101,7 @@ func Unfence(t Fencer) error {
 	return nil
 }
 
-func jumpPresent(t Fencer, h Hook) (bool, error) {
+func jumpPresent(t iptablesFence, h Hook) (bool, error) {
 	ok, err := t.ChainExists(h.Table, h.Chain)
 	if err != nil || !ok {
 		return false, err

@@ -237,7 +237,7 @@ func DetectMode(ctx context.Context, save SaveFunc, families ...Family) (Detecti
 			}
 			if err != nil {
 				return Detection{}, fmt.Errorf("reading the %s rules with %s to tell which iptables mode the node uses: %w "+
-					"(give the agent NET_ADMIN and NET_RAW, or set --iptables-mode=legacy or nft)", base+"-"+mode, tool, err)
+					"(give the agent NET_ADMIN and NET_RAW, or set --netfilter=iptables-legacy, iptables-nft or nftables)", base+"-"+mode, tool, err)
 			}
 			for _, l := range strings.Split(string(out), "\n") {
 				if strings.HasPrefix(l, "-") {

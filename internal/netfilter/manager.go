@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 )
 
 // Tables is one address family's packet filter as the Manager uses it.
@@ -68,7 +69,7 @@ func (m *Manager) desiredWith(f Family, socket bool) map[string]map[string][][]s
 	opts := m.opts
 	opts.SocketMatch = socket
 	out := map[string]map[string][][]string{}
-	for _, h := range Hooks {
+	for _, h := range m.hooks() {
 		if out[h.Table] == nil {
 			out[h.Table] = map[string][][]string{}
 		}
@@ -79,10 +80,37 @@ func (m *Manager) desiredWith(f Family, socket bool) map[string]map[string][][]s
 			continue
 		}
 		for _, r := range Rules(ip, opts) {
+			if out[r.Table] == nil {
+				continue
+			}
 			out[r.Table][r.Chain] = append(out[r.Table][r.Chain], r.Spec)
 		}
 	}
 	return out
+}
+
+// hooks returns the chains the Manager writes: all of Hooks, or with
+// FilterOnly the filter table's.
+func (m *Manager) hooks() []Hook {
+	if !m.opts.FilterOnly {
+		return Hooks
+	}
+	var out []Hook
+	for _, h := range Hooks {
+		if h.Table == "filter" {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// Mode names the backend of the families in use.
+func (m *Manager) Mode() string {
+	var modes []string
+	for _, f := range m.families() {
+		modes = append(modes, m.tables[f].Mode())
+	}
+	return strings.Join(modes, ", ")
 }
 
 // families returns the families in use, IPv4 first.
@@ -103,6 +131,15 @@ func (m *Manager) families() []Family {
 // run left in them. When the kernel refuses the socket match it falls back
 // to ungated rules and says so.
 func (m *Manager) Setup() error {
+	if m.opts.FilterOnly {
+		// The raw chains of an earlier agent on the iptables backend: the
+		// native table holds the NOTRACK rules now.
+		for _, f := range m.families() {
+			if err := removeHooks(m.tables[f], "raw"); err != nil {
+				return err
+			}
+		}
+	}
 	for _, f := range m.families() {
 		err := m.write(f)
 		if err != nil && m.SocketMatch() {
@@ -271,14 +308,23 @@ func (m *Manager) Teardown() error {
 // Remove deletes the agent's jumps and chains from t, and the watchdog's
 // fence, whoever installed them: the way to clean up after an agent that
 // cannot.
-func Remove(t Tables) error {
-	var errs []error
+func Remove(t Tables) error { return removeHooks(t, "") }
+
+// removeHooks removes the jumps and chains of table (every table if "").
+func removeHooks(t Tables, table string) error {
+	var hooks []Hook
 	for _, h := range append([]Hook{fenceHook}, Hooks...) {
+		if table == "" || h.Table == table {
+			hooks = append(hooks, h)
+		}
+	}
+	var errs []error
+	for _, h := range hooks {
 		if err := t.DeleteRule(h.Table, h.Builtin, h.JumpSpec()); err != nil {
 			errs = append(errs, fmt.Errorf("deleting jump %s/%s -> %s in %s: %w", h.Table, h.Builtin, h.Chain, t.Mode(), err))
 		}
 	}
-	for _, h := range append([]Hook{fenceHook}, Hooks...) {
+	for _, h := range hooks {
 		if err := t.DeleteChain(h.Table, h.Chain); err != nil {
 			errs = append(errs, fmt.Errorf("deleting chain %s/%s in %s: %w", h.Table, h.Chain, t.Mode(), err))
 		}

@@ -79,6 +79,9 @@ type Options struct {
 	// (the watchdog's probes) reach the agent from the node itself, even
 	// while the watchdog has fenced the agent off.
 	ProbeMark uint32
+	// FilterOnly writes only the filter table's accept rules (the native
+	// backend holds the NOTRACK rules in its own nftables table).
+	FilterOnly bool
 }
 
 // Rules returns the agent's rules for one local IP: TCP and UDP, for

@@ -82,19 +82,15 @@ func Check(ctx context.Context, cfg config.Status) Report {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var rulesOK, gated bool
 	backend := ""
-	tables, err := agent.Tables(ctx, cfg.IptablesMode, cfg.LocalIPs, quiet)
+	nf, err := agent.ChooseNetfilter(ctx, cfg.Netfilter, cfg.LocalIPs, quiet)
 	if err == nil {
-		generic := map[netfilter.Family]netfilter.Tables{}
-		for f, t := range tables {
-			generic[f] = t
-			backend = t.Mode()
-		}
-		var m *netfilter.Manager
-		m, err = netfilter.NewManager(generic, cfg.LocalIPs, netfilter.Options{
+		var rules agent.Rules
+		rules, err = nf.Rules(netfilter.Options{
 			Port: cfg.Port, SocketMatch: true, HostNetwork: cfg.DivertHostNetwork, ProbeMark: cfg.ProbeMark,
 		}, quiet)
 		if err == nil {
-			rulesOK, gated, err = m.Installed()
+			backend = rules.Mode()
+			rulesOK, gated, err = rules.Installed()
 		}
 	}
 	if err != nil {

@@ -45,7 +45,7 @@ type Prober func(ctx context.Context, addr netip.AddrPort) error
 type Watchdog struct {
 	cfg     Config
 	probe   Prober
-	fencers map[netfilter.Family]netfilter.Fencer
+	fencers []netfilter.Fencer
 	log     *slog.Logger
 	now     func() time.Time
 
@@ -71,7 +71,7 @@ var (
 
 // New returns a Watchdog that probes with probe and fences through fencers
 // (one per address family in use).
-func New(cfg Config, probe Prober, fencers map[netfilter.Family]netfilter.Fencer, log *slog.Logger) *Watchdog {
+func New(cfg Config, probe Prober, fencers []netfilter.Fencer, log *slog.Logger) *Watchdog {
 	return &Watchdog{cfg: cfg, probe: probe, fencers: fencers, log: log, now: time.Now}
 }
 
@@ -141,15 +141,13 @@ func (w *Watchdog) probeAll(ctx context.Context) bool {
 }
 
 func (w *Watchdog) fence() error {
+	var ips []netip.Addr
+	for _, a := range w.cfg.Addrs {
+		ips = append(ips, a.Addr())
+	}
 	var errs []error
-	for f, t := range w.fencers {
-		var ips []netip.Addr
-		for _, a := range w.cfg.Addrs {
-			if netfilter.FamilyOf(a.Addr()) == f {
-				ips = append(ips, a.Addr())
-			}
-		}
-		errs = append(errs, netfilter.Fence(t, ips, w.cfg.Addrs[0].Port()))
+	for _, t := range w.fencers {
+		errs = append(errs, t.Fence(ips, w.cfg.Addrs[0].Port()))
 	}
 	return errors.Join(errs...)
 }
@@ -157,7 +155,7 @@ func (w *Watchdog) fence() error {
 func (w *Watchdog) unfence() error {
 	var errs []error
 	for _, t := range w.fencers {
-		errs = append(errs, netfilter.Unfence(t))
+		errs = append(errs, t.Unfence())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -169,7 +167,7 @@ func (w *Watchdog) unfence() error {
 
 func (w *Watchdog) fencePresent() bool {
 	for _, t := range w.fencers {
-		if ok, err := t.ChainExists("raw", netfilter.FenceChain); err == nil && ok {
+		if ok, err := t.Fenced(); err == nil && ok {
 			return true
 		}
 	}

@@ -46,7 +46,7 @@ func TestFencesAfterSilenceAndUnfencesOnAnswer(t *testing.T) {
 	}
 	w := New(Config{Addrs: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:53")}, Interval: 250 * time.Millisecond,
 		Timeout: 250 * time.Millisecond, Silence: time.Second},
-		probe, map[netfilter.Family]netfilter.Fencer{netfilter.IPv4: fence}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		probe, []netfilter.Fencer{netfilter.IptablesFencer{T: fence, Family: netfilter.IPv4}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	now := time.Unix(1000, 0)
 	w.now = func() time.Time { return now }
 	w.lastOK = now
@@ -84,7 +84,7 @@ func TestTakesOverLeftoverFence(t *testing.T) {
 	w := New(Config{Addrs: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:53")}, Interval: time.Millisecond,
 		Timeout: time.Millisecond, Silence: time.Second},
 		func(context.Context, netip.AddrPort) error { return nil },
-		map[netfilter.Family]netfilter.Fencer{netfilter.IPv4: fence}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		[]netfilter.Fencer{netfilter.IptablesFencer{T: fence, Family: netfilter.IPv4}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if err := w.Run(ctx); err != nil {

@@ -69,7 +69,7 @@ func TestKilledAgentFallsBackToDNAT(t *testing.T) {
 // On a node whose kube-proxy uses iptables-legacy, the agent writes legacy
 // rules too, and none in nftables.
 func TestLegacyIptablesNode(t *testing.T) {
-	n := newNode(t, nodesim.Options{IptablesMode: "legacy"})
+	n := newNode(t, nodesim.Options{Netfilter: "legacy"})
 	pod := n.Pods[0]
 	a := startAgent(t, n)
 	if !strings.Contains(a.Output(), "mode=legacy") {
