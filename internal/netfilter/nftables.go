@@ -58,7 +58,7 @@ func (n *NFT) Name() string { return "rules" }
 // Mode names the backend, and where the accept rules go when that is iptables.
 func (n *NFT) Mode() string {
 	if n.Filter != nil {
-		return "nftables (accept rules in " + n.Filter.Mode() + ")"
+		return "nftables, accept rules in " + n.Filter.Mode()
 	}
 	return "nftables"
 }
@@ -293,7 +293,7 @@ func sameHook(c, want *nftables.Chain) bool {
 // sameRules compares rules read from the kernel with the ones written.
 // google/nftables reads a socket expression back as nothing (it has no
 // parser for it), so the comparison leaves it out of what was written; the
-// comparison of the register it sets (socket wildcard 0) stays, so a gated
+// comparison of the register it sets (socket transparent 0) stays, so a gated
 // rule still differs from an ungated one.
 func sameRules(have []*nftables.Rule, want []nftRule) bool {
 	if len(have) != len(want) {

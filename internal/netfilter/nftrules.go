@@ -85,11 +85,15 @@ func matchIn(family byte, ip netip.Addr, proto string, dir direction, port uint1
 	)
 }
 
-// boundSocket is `socket wildcard 0`: a socket bound to the packet's
-// destination address itself (not to the wildcard) exists.
+// boundSocket is `socket transparent 0`: a (non-transparent) socket for the
+// packet's destination exists, as iptables' -m socket --nowildcard tells it.
+// Not `socket wildcard`: that key needs a full socket, and the handshake's
+// last ACK finds a request socket, which would then be tracked, DNAT'ed to
+// kube-dns and reset; the transparent key reads request and time-wait
+// sockets too.
 func boundSocket() []expr.Any {
 	return []expr.Any{
-		&expr.Socket{Key: expr.SocketKeyWildcard, Register: 1},
+		&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
 	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -112,7 +113,7 @@ func TestStopCleansUpAndRestartTakesOver(t *testing.T) {
 	}
 	t.Logf("stopped in %s", time.Since(start).Round(time.Millisecond))
 	dump := ruleset(t, n)
-	if strings.Contains(dump, "NLCOREDNS") || strings.Contains(dump, `--comment "node-local-coredns`) || strings.Contains(dump, "--comment node-local-coredns") {
+	if strings.Contains(dump, "NLCOREDNS") || strings.Contains(dump, `comment "node-local-coredns`) || strings.Contains(dump, "--comment node-local-coredns") {
 		t.Errorf("rules left after SIGTERM:\n%s", dump)
 	}
 	if addrs, _ := n.Addrs(t.Context(), "nodelocaldns"); addrs != "" {
@@ -146,19 +147,22 @@ func TestFlushedRulesComeBack(t *testing.T) {
 	pod := n.Pods[0]
 	startAgent(t, n, "--sync-interval=1s")
 	want := countRules(ruleset(t, n))
-	for _, args := range [][]string{
-		{"iptables", "-t", "raw", "-F"},
-		{"iptables", "-t", "filter", "-F", "NLCOREDNS-INPUT"},
+	for _, damage := range []func() string{
+		func() string { return removeDiversion(t, n, "iptables") },
+		func() string {
+			if _, err := n.NodeExec(t.Context(), "iptables", "-t", "filter", "-F", "NLCOREDNS-INPUT"); err != nil {
+				t.Fatal(err)
+			}
+			return "iptables -t filter -F NLCOREDNS-INPUT"
+		},
 	} {
-		if _, err := n.NodeExec(t.Context(), args...); err != nil {
-			t.Fatal(err)
-		}
+		what := damage()
 		// Meanwhile queries are DNAT'ed to kube-dns and still answered.
 		resolve(t, pod, "udp", nodesim.KubeDNS, "during.default.svc.cluster.local", dns.TypeA)
 		took := eventually(t, 3*time.Second, "rules restored", func() bool {
 			return countRules(ruleset(t, n)) == want
 		})
-		t.Logf("%s: restored in %s", strings.Join(args, " "), took.Round(time.Millisecond))
+		t.Logf("%s: restored in %s", what, took.Round(time.Millisecond))
 	}
 	if err := n.FlushConntrack(); err != nil {
 		t.Fatal(err)
@@ -213,11 +217,10 @@ func TestDualStack(t *testing.T) {
 	if ct := podConntrack(t, n, pod, nodesim.KubeDNS6); len(ct) != 0 {
 		t.Errorf("IPv6 conntrack entries %q, want none", ct)
 	}
-	v6, err := n.NodeExec(t.Context(), "ip6tables-"+n.Mode()+"-save")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := countRules(v6); got != rulesPerIP {
-		t.Errorf("ip6tables holds %d of the agent's rules, want %d:\n%s", got, rulesPerIP, v6)
+	dump := ruleset(t, n)
+	for _, ip := range []netip.Addr{nodesim.KubeDNS, nodesim.KubeDNS6} {
+		if got := countRulesFor(dump, ip); got != rulesPerIP {
+			t.Errorf("the agent has %d rules for %s, want %d:\n%s", got, ip, rulesPerIP, dump)
+		}
 	}
 }

@@ -227,7 +227,7 @@ func (s *suite) agentRules(t *testing.T) string {
 	t.Helper()
 	var keep []string
 	for _, l := range strings.Split(ruleset(t, s.c.Node), "\n") {
-		if strings.Contains(l, "NLCOREDNS") {
+		if strings.Contains(l, "NLCOREDNS") || strings.Contains(l, "node-local-coredns: ") {
 			keep = append(keep, l)
 		}
 	}
@@ -272,9 +272,37 @@ var clusterScenarios = []struct {
 // only their capabilities.
 func scenarioServed(t *testing.T, s *suite) {
 	logs := s.agent().Logs(t.Context(), s.env.podman)
-	wantMode := map[string]string{cluster.IptablesLegacy: "mode=legacy", cluster.IptablesNFT: "mode=nft", cluster.Nftables: "mode=nft"}[s.c.Mode]
+	// The backend beside each kube-proxy mode: iptables-legacy where
+	// kube-proxy's rules are there; the agent's own table otherwise, with
+	// the accept rules in iptables-nft's filter table where kube-proxy's
+	// iptables mode filters (it rejects there for a Service without
+	// endpoints), and nowhere else beside its nftables mode (whose filter
+	// chains skip untracked packets).
+	wantMode := map[string]string{
+		cluster.IptablesLegacy: "backend=iptables-legacy accept_rules=iptables-legacy",
+		cluster.IptablesNFT:    "backend=nftables accept_rules=iptables-nft",
+		cluster.Nftables:       `backend=nftables accept_rules="nftables drop-policy chains of the host"`,
+	}[s.c.Mode]
 	if !strings.Contains(logs, wantMode) {
 		t.Errorf("the agent did not pick %s beside kube-proxy's %s mode:\n%s", wantMode, s.c.Mode, lastLines(logs, 20))
+	}
+	tables, err := s.c.Node.NodeExec(t.Context(), "nft", "list", "tables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own := strings.Contains(tables, "table inet node-local-coredns"); own != (s.c.Mode != cluster.IptablesLegacy) {
+		t.Errorf("nft list tables shows the agent's table: %v, want %v beside kube-proxy's %s mode:\n%s", own, !own, s.c.Mode, tables)
+	}
+	if s.c.Mode == cluster.Nftables {
+		for _, tool := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
+			out, err := s.c.Node.NodeExec(t.Context(), tool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(out, "NLCOREDNS") || strings.Contains(out, "node-local-coredns") {
+				t.Errorf("beside kube-proxy's nftables mode the agent has rules in %s:\n%s", tool, out)
+			}
+		}
 	}
 	before := s.agentRequests(t)
 	for _, ip := range s.localIPs {
@@ -471,6 +499,7 @@ func scenarioReadiness(t *testing.T, s *suite) {
 	if s.c.Mode == cluster.IptablesLegacy {
 		tool = "iptables-legacy"
 	}
+	native := native(t, s.c.Node)
 	restored := func() float64 {
 		v, err := nodesim.Metric(t.Context(), s.c.Node.NS, agentMetrics, "node_local_coredns_restored_total")
 		if err != nil {
@@ -483,7 +512,11 @@ func scenarioReadiness(t *testing.T, s *suite) {
 	// flush again.
 	for attempt := 1; ; attempt++ {
 		before := restored()
-		if _, err := s.c.Node.NodeExec(t.Context(), tool, "-w", "-t", "raw", "-F", "NLCOREDNS-PREROUTING"); err != nil {
+		args := []string{tool, "-w", "-t", "raw", "-F", "NLCOREDNS-PREROUTING"}
+		if native {
+			args = []string{"nft", "flush", "chain", "inet", "node-local-coredns", "prerouting"}
+		}
+		if _, err := s.c.Node.NodeExec(t.Context(), args...); err != nil {
 			t.Fatal(err)
 		}
 		err := s.probe(t, "readiness")
@@ -687,8 +720,8 @@ func scenarioModeDetection(t *testing.T, s *suite) {
 		if err := agent.WaitLog(ctx, s.env.podman, "msg=serving", 30*time.Second); err != nil {
 			t.Fatalf("without NET_RAW on an nft node: %v", err)
 		}
-		if logs := agent.Logs(ctx, s.env.podman); !strings.Contains(logs, "mode=nft") {
-			t.Errorf("without NET_RAW on an nft node the agent did not pick nft:\n%s", lastLines(logs, 10))
+		if logs := agent.Logs(ctx, s.env.podman); !strings.Contains(logs, "backend=nftables") {
+			t.Errorf("without NET_RAW on an nft node the agent did not pick its nftables table:\n%s", lastLines(logs, 10))
 		}
 		for _, name := range []string{"node-local-coredns", "watchdog"} {
 			if err := pod.Containers[name].Stop(ctx, s.env.podman); err != nil {
@@ -703,8 +736,8 @@ func scenarioModeDetection(t *testing.T, s *suite) {
 		t.Fatal(err)
 	}
 	logs := agent.Logs(ctx, s.env.podman)
-	if code == 0 || !strings.Contains(logs, "reading the iptables-legacy rules") || !strings.Contains(logs, "--iptables-mode") {
-		t.Errorf("without NET_RAW: exit %d, want an error naming the unreadable iptables-legacy rules and --iptables-mode:\n%s", code, lastLines(logs, 10))
+	if code == 0 || !strings.Contains(logs, "reading the iptables-legacy rules") || !strings.Contains(logs, "--netfilter") {
+		t.Errorf("without NET_RAW: exit %d, want an error naming the unreadable iptables-legacy rules and --netfilter:\n%s", code, lastLines(logs, 10))
 	}
 	if strings.Contains(logs, "msg=serving") {
 		t.Error("the agent served without knowing the node's iptables mode")

@@ -103,15 +103,55 @@ func ruleset(t *testing.T, n *nodesim.Node) string {
 	return out
 }
 
-// countRules counts the agent's rules (in its chains) in a ruleset dump.
+// countRules counts the agent's rules in a ruleset dump: those in its
+// iptables chains, and those in its nftables table but for the jump to the
+// watchdog's fence (one per table, not per IP).
 func countRules(dump string) int {
 	n := 0
 	for _, l := range strings.Split(dump, "\n") {
-		if strings.HasPrefix(l, "-A NLCOREDNS-") {
+		if strings.HasPrefix(l, "-A NLCOREDNS-") ||
+			(strings.Contains(l, `comment "node-local-coredns: `) && !strings.Contains(l, `watchdog fence"`)) {
 			n++
 		}
 	}
 	return n
+}
+
+// countRulesFor counts the agent's rules for ip in a ruleset dump.
+func countRulesFor(dump string, ip netip.Addr) int {
+	var keep []string
+	for _, l := range strings.Split(dump, "\n") {
+		if strings.Contains(l, " "+ip.String()+"/") || strings.Contains(l, " "+ip.String()+" ") {
+			keep = append(keep, l)
+		}
+	}
+	return countRules(strings.Join(keep, "\n"))
+}
+
+// native reports whether the agent on n wrote its own nftables table.
+func native(t *testing.T, n *nodesim.Node) bool {
+	t.Helper()
+	table, err := n.AgentTable(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return table != ""
+}
+
+// removeDiversion takes the agent's NOTRACK rules away as someone else
+// would (a CNI restoring its own rules, an operator): the raw table flushed
+// on the iptables backends, the agent's table deleted on the native one. It
+// returns what it did.
+func removeDiversion(t *testing.T, n *nodesim.Node, iptables ...string) string {
+	t.Helper()
+	args := append(iptables, "-t", "raw", "-F")
+	if native(t, n) {
+		args = []string{"nft", "delete", "table", "inet", "node-local-coredns"}
+	}
+	if _, err := n.NodeExec(t.Context(), args...); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(args, " ")
 }
 
 // eventually polls cond every 100ms until it is true or timeout passes.

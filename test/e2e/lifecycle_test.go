@@ -69,10 +69,10 @@ func TestKilledAgentFallsBackToDNAT(t *testing.T) {
 // On a node whose kube-proxy uses iptables-legacy, the agent writes legacy
 // rules too, and none in nftables.
 func TestLegacyIptablesNode(t *testing.T) {
-	n := newNode(t, nodesim.Options{Netfilter: "legacy"})
+	n := newNode(t, nodesim.Options{IptablesMode: "legacy"})
 	pod := n.Pods[0]
 	a := startAgent(t, n)
-	if !strings.Contains(a.Output(), "mode=legacy") {
+	if !strings.Contains(a.Output(), "backend=iptables-legacy") {
 		t.Errorf("agent did not pick legacy mode:\n%s", a.Output())
 	}
 	if got := countRules(ruleset(t, n)); got != rulesPerIP {

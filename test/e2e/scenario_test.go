@@ -311,12 +311,13 @@ func TestScenarioRollingUpgrade(t *testing.T) {
 func TestScenarioRulesFlushed(t *testing.T) {
 	n := newNode(t, nodesim.Options{})
 	startAgent(t, n, "--sync-interval=1s")
-	var flushed time.Time
+	var (
+		flushed time.Time
+		what    string
+	)
 	rep := scenario(t, n, 4*time.Second, fault{at: 1500 * time.Millisecond, do: func(t *testing.T) {
 		flushed = time.Now()
-		if _, err := n.NodeExec(t.Context(), "iptables", "-t", "raw", "-F"); err != nil {
-			t.Fatal(err)
-		}
+		what = removeDiversion(t, n, "iptables")
 	}})
 	// The rules go at the flush and come back within the 1 s sync interval.
 	for _, o := range rep.Failed() {
@@ -335,7 +336,7 @@ func TestScenarioRulesFlushed(t *testing.T) {
 	if back > 2*time.Second {
 		t.Errorf("pods were back on the agent %s after the flush, want within the 1 s sync interval (+1 s)", back)
 	}
-	row(t, "raw table flushed by someone else (sync interval 1 s)", rep, back.Round(time.Millisecond).String(),
+	row(t, "the agent's NOTRACK rules removed by someone else (`"+what+"`, sync interval 1 s)", rep, back.Round(time.Millisecond).String(),
 		"only lookups in flight when the rules went or came back (at most 4); back within the sync interval")
 }
 

@@ -33,7 +33,7 @@ func TestStatus(t *testing.T) {
 	out, code := status(t, n)
 	t.Logf("healthy:\n%s", out)
 	for _, want := range []string{
-		"10.96.0.10: served by node-local-coredns", "present on nodelocaldns", "in place (iptables-nft), gated on a bound socket",
+		"10.96.0.10: served by node-local-coredns", "present on nodelocaldns", "in place (nftables, accept rules in iptables-nft), gated on a bound socket",
 		"bound (1 udp, 1 tcp)", "answered by the agent", "upstream   10.96.0.11:53: answers", "hit ratio",
 	} {
 		if !strings.Contains(out, want) {
@@ -44,9 +44,7 @@ func TestStatus(t *testing.T) {
 		t.Errorf("healthy node: exit %d, want 0", code)
 	}
 
-	if _, err := n.NodeExec(t.Context(), "iptables", "-t", "raw", "-F"); err != nil {
-		t.Fatal(err)
-	}
+	removeDiversion(t, n, "iptables")
 	out, code = status(t, n)
 	t.Logf("rules flushed:\n%s", out)
 	if code != 1 || !strings.Contains(out, "NOT served") || !strings.Contains(out, "rules      missing") {

@@ -370,14 +370,28 @@ func InNS(ns string, fn func() error) error {
 }
 
 // Ruleset returns iptables-save and ip6tables-save of the node in the mode
-// kube-proxy's rules were written in.
+// kube-proxy's rules were written in, then the agent's nftables table.
 func (n *Node) Ruleset(ctx context.Context) (string, error) {
 	v4, err := n.NodeExec(ctx, "iptables-"+n.mode+"-save")
 	if err != nil {
 		return "", err
 	}
 	v6, err := n.NodeExec(ctx, "ip6tables-"+n.mode+"-save")
-	return v4 + v6, err
+	if err != nil {
+		return "", err
+	}
+	table, err := n.AgentTable(ctx)
+	return v4 + v6 + table, err
+}
+
+// AgentTable returns what nft lists of the agent's own table (the native
+// backend's), or "" when there is none.
+func (n *Node) AgentTable(ctx context.Context) (string, error) {
+	out, err := n.NodeExec(ctx, "nft", "list", "table", "inet", "node-local-coredns")
+	if err != nil && strings.Contains(out, "No such file or directory") {
+		return "", nil
+	}
+	return out, err
 }
 
 // Mode is the iptables mode the node's rules are in.
