@@ -310,7 +310,7 @@ func TestValues(t *testing.T) {
 }
 
 // The capabilities of each container, in every rendering: what its process
-// uses, and with the legacy backend possible (iptablesMode auto or legacy)
+// uses, and with the legacy backend possible (netfilter auto or iptables-legacy)
 // what iptables-legacy uses.
 var (
 	ownCaps = map[string][]corev1.Capability{
@@ -345,19 +345,20 @@ func checkLeastPrivilege(t *testing.T, c corev1.Container, extra []corev1.Capabi
 	}
 }
 
-// With iptablesMode nft the containers do not get what only
-// iptables-legacy uses.
-func TestCapabilitiesByIptablesMode(t *testing.T) {
+// With netfilter nftables or iptables-nft the containers do not get what
+// only iptables-legacy uses.
+func TestCapabilitiesByNetfilterBackend(t *testing.T) {
 	for _, tc := range []struct {
 		mode  string
 		extra []corev1.Capability
 	}{
 		{"auto", legacyCaps},
-		{"legacy", legacyCaps},
-		{"nft", nil},
+		{"iptables-legacy", legacyCaps},
+		{"iptables-nft", nil},
+		{"nftables", nil},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
-			objs := objects(t, joined(renderHelm(t, map[string]any{"iptablesMode": tc.mode})))
+			objs := objects(t, joined(renderHelm(t, map[string]any{"netfilter": tc.mode})))
 			for _, c := range objs["DaemonSet/node-local-coredns"].(*appsv1.DaemonSet).Spec.Template.Spec.Containers {
 				checkLeastPrivilege(t, c, tc.extra)
 			}

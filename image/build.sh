@@ -4,6 +4,9 @@
 #
 #   image/build.sh BINARY IMAGE ARCHIVE
 #
+# It also builds IMAGE-nftables, the binary alone for nftables nodes, into
+# ARCHIVE with -nftables before .tar.
+#
 # The base is a minimal Debian (debootstrap from the machine's own Debian
 # mirror) with the iptables tools in both modes, made once and kept in
 # podman's storage under a tag derived from what it holds. The image adds
@@ -64,3 +67,10 @@ mkdir -p "$(dirname "$archive")"
 rm -f "$archive"
 podman save --quiet --format oci-archive -o "$archive" "$image"
 echo "image/build.sh: $image written to $archive"
+
+# The variant for nftables nodes: the binary alone (FROM scratch).
+static="$image-nftables" static_archive="${archive%.tar}-nftables.tar"
+podman build --quiet --network none --pull=never -t "$static" -f "$here/../Dockerfile.nftables" "$context" >/dev/null
+rm -f "$static_archive"
+podman save --quiet --format oci-archive -o "$static_archive" "$static"
+echo "image/build.sh: $static written to $static_archive"

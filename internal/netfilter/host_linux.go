@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"unsafe"
@@ -62,7 +63,39 @@ const iptSoGetInfo = 64 // IPT_SO_GET_INFO, IP6T_SO_GET_INFO
 // tables of the families hold beyond their built-in chains (a user chain
 // counts too), read as iptables-legacy reads them, without its tools. It
 // needs CAP_NET_RAW (the raw socket) and CAP_NET_ADMIN.
-func LegacyKernelRules(families ...Family) (int, error) {
+func LegacyKernelRules(families ...Family) (n int, err error) {
+	// The agent holds NET_RAW and DAC_READ_SEARCH only for the iptables
+	// tools (permitted, not effective): effective on this thread for the
+	// read, and back after it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	restore := raise(unix.CAP_NET_RAW, unix.CAP_DAC_READ_SEARCH)
+	defer restore()
+	return legacyKernelRules(families)
+}
+
+// raise makes the permitted ones of caps effective on the calling thread
+// and returns what puts the thread's sets back. Capabilities not permitted
+// are left out (the read then fails with a message that names them).
+func raise(caps ...int) func() {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var was [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &was[0]); err != nil {
+		return func() {}
+	}
+	now := was
+	for _, c := range caps {
+		if was[c/32].Permitted&(1<<(c%32)) != 0 {
+			now[c/32].Effective |= 1 << (c % 32)
+		}
+	}
+	if now == was || unix.Capset(&hdr, &now[0]) != nil {
+		return func() {}
+	}
+	return func() { _ = unix.Capset(&hdr, &was[0]) }
+}
+
+func legacyKernelRules(families []Family) (int, error) {
 	total := 0
 	for _, f := range families {
 		names, level, domain := "/proc/thread-self/net/ip_tables_names", unix.SOL_IP, unix.AF_INET

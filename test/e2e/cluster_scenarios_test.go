@@ -264,7 +264,86 @@ var clusterScenarios = []struct {
 	{"rolling-upgrade", scenarioRollingUpgrade},
 	{"graceful-stop", scenarioGracefulStop},
 	{"kube-dns-endpoints", scenarioEndpoints},
+	{"static-image", scenarioStaticImage},
 	{"mode-detection", scenarioModeDetection},
+}
+
+// The image that holds only the binary serves beside kube-proxy's nftables
+// mode with no external program; beside its iptables modes, where the
+// accept rules (or all rules) need the iptables tools, both containers exit
+// with one line that says to use the image with them, and the node is left
+// as it was.
+func scenarioStaticImage(t *testing.T, s *suite) {
+	ctx := t.Context()
+	for _, name := range []string{"node-local-coredns", "watchdog"} {
+		if err := s.pod.Containers[name].Stop(ctx, s.env.podman); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.pods++
+	pod, err := s.c.RunPod(ctx, s.env.podman, s.ds, testImageNFT, fmt.Sprintf("nlc-%d-static", s.pods))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := pod.Containers["node-local-coredns"]
+	if s.c.Mode == cluster.Nftables {
+		if err := agent.WaitLog(ctx, s.env.podman, "msg=serving", 30*time.Second); err != nil {
+			t.Fatalf("the binary-only image beside kube-proxy's nftables mode: %v", err)
+		}
+		if logs := agent.Logs(ctx, s.env.podman); !strings.Contains(logs, "backend=nftables") {
+			t.Errorf("the binary-only image did not pick its nftables table:\n%s", lastLines(logs, 10))
+		}
+		if err := pod.Containers["watchdog"].WaitLog(ctx, s.env.podman, "msg=watching", 30*time.Second); err != nil {
+			t.Errorf("the binary-only image's watchdog: %v", err)
+		}
+		for _, ip := range s.localIPs {
+			if _, err := s.c.Node.DeleteConntrackTo(ip); err != nil {
+				t.Fatal(err)
+			}
+			for _, proto := range []string{"udp", "tcp"} {
+				if r := ask(t, s, proto, ip, webName, dns.TypeA); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+					t.Errorf("%s to %s through the binary-only image: %s", proto, ip, records(r))
+				}
+			}
+		}
+		if ct := s.podDNSConntrack(t); len(ct) != 0 {
+			t.Errorf("pods' DNS left %d conntrack entries with the binary-only image, want 0: %v", len(ct), ct)
+		}
+		for _, name := range []string{"node-local-coredns", "watchdog"} {
+			if err := pod.Containers[name].Stop(ctx, s.env.podman); err != nil {
+				t.Error(err)
+			}
+		}
+		if rules := s.agentRules(t); rules != "" {
+			t.Errorf("the binary-only image left rules after SIGTERM:\n%s", rules)
+		}
+	} else {
+		want := map[string]string{
+			cluster.IptablesNFT:    "run the image with the iptables tools",
+			cluster.IptablesLegacy: "this image has no iptables tools",
+		}[s.c.Mode]
+		for _, name := range []string{"node-local-coredns", "watchdog"} {
+			c := pod.Containers[name]
+			eventually(t, 30*time.Second, "the binary-only image's "+name+" to exit", func() bool { return !c.Running(ctx, s.env.podman) })
+			code, _, err := c.ExitCode(ctx, s.env.podman)
+			if err != nil {
+				t.Fatal(err)
+			}
+			logs := c.Logs(ctx, s.env.podman)
+			if code == 0 || !strings.Contains(logs, want) || strings.Contains(logs, "msg=serving") {
+				t.Errorf("%s of the binary-only image beside kube-proxy's %s mode: exit %d, want an error containing %q:\n%s", name, s.c.Mode, code, want, lastLines(logs, 10))
+			}
+			t.Logf("%s: exit %d, %s", name, code, lastLines(logs, 1))
+		}
+		if rules := s.agentRules(t); rules != "" {
+			t.Errorf("the agent touched the node's rules:\n%s", rules)
+		}
+		if addrs, _ := s.c.Node.Addrs(ctx, "nodelocaldns"); addrs != "" {
+			t.Errorf("the agent touched the node's interfaces: %q", addrs)
+		}
+	}
+	s.pod = s.startPod(t)
+	s.assertBackOnAgent(t)
 }
 
 // Pods are served by the agent: their DNS leaves no conntrack entry, the

@@ -24,6 +24,9 @@ import (
 const (
 	testImage      = "localhost/node-local-coredns:cluster-test"
 	defaultArchive = "../../bin/node-local-coredns-image.tar"
+	// testImageNFT is the variant with the binary alone, from the archive
+	// beside the image's (-nftables.tar).
+	testImageNFT = "localhost/node-local-coredns:cluster-test-nftables"
 )
 
 // clusterEnv is what every TestCluster subtest shares: the components and
@@ -89,6 +92,11 @@ func setupClusterEnv(t *testing.T) *clusterEnv {
 		t.Fatal(err)
 	}
 	t.Logf("image: %s from %s", testImage, archive)
+	static := strings.TrimSuffix(archive, ".tar") + "-nftables.tar"
+	if err := pm.LoadImage(ctx, static, testImageNFT); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("image: %s from %s", testImageNFT, static)
 	return &clusterEnv{comps: comps, podman: pm}
 }
 

@@ -16,7 +16,7 @@ app.kubernetes.io/name: node-local-coredns
 {{- if .Values.localIP }}
 - --local-ip={{ .Values.localIP }}
 {{- end }}
-- --iptables-mode={{ .Values.iptablesMode }}
+- --netfilter={{ .Values.netfilter }}
 {{- end }}
 
 {{/*
@@ -26,7 +26,8 @@ capabilities and raises them itself). The list given is the container's
 own; NET_RAW (iptables-legacy's raw socket) and DAC_READ_SEARCH
 (iptables-legacy opening the node's /run/xtables.lock, root-only when the
 node's first iptables created it) go to the iptables tools only, and only
-where the legacy backend may be used: iptablesMode auto or legacy.
+where the legacy backend may be read or used: netfilter auto or
+iptables-legacy.
 */}}
 {{- define "nlc.securityContext" -}}
 privileged: false
@@ -40,7 +41,7 @@ seccompProfile:
 capabilities:
   drop: ["ALL"]
   {{- $caps := .caps }}
-  {{- if ne .root.Values.iptablesMode "nft" }}
+  {{- if has .root.Values.netfilter (list "auto" "iptables-legacy") }}
   {{- $caps = concat $caps (list "NET_RAW" "DAC_READ_SEARCH") }}
   {{- end }}
   add: [{{ range $i, $c := $caps }}{{ if $i }}, {{ end }}"{{ $c }}"{{ end }}]
