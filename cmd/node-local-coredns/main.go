@@ -75,6 +75,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	defer stop()
 	log.Info("starting", "version", versionString(), "local_ips", cfg.LocalIPs, "upstreams", cfg.Upstreams,
 		"interface", cfg.Interface, "setup_interface", cfg.SetupInterface, "setup_netfilter", cfg.SetupNetfilter)
+	warnDeprecated(args, log)
 	cfg = cfg.Sized(setMemoryLimit(cfg.MemoryLimit, log))
 	log.Info("sized for the memory limit", "cache_success", cfg.SuccessCapacity, "cache_denial", cfg.DenialCapacity, "max_concurrent", cfg.MaxConcurrent)
 	if err := metrics.Register(prometheus.DefaultRegisterer); err != nil {
@@ -124,4 +125,15 @@ func versionString() string {
 		}
 	}
 	return "dev"
+}
+
+// warnDeprecated says, once, that --iptables-mode is deprecated and what
+// it now means.
+func warnDeprecated(args []string, log *slog.Logger) {
+	for _, a := range args {
+		if name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "="); name == "iptables-mode" && strings.HasPrefix(a, "-") {
+			log.Warn("--iptables-mode is deprecated: use --netfilter (legacy is iptables-legacy, nft is iptables-nft, auto is auto)")
+			return
+		}
+	}
 }

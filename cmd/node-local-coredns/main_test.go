@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 )
@@ -38,5 +39,27 @@ func TestRunExitCodesAndOutput(t *testing.T) {
 				t.Errorf("a bad configuration must be one line, got %q", stderr.String())
 			}
 		})
+	}
+}
+
+// TestWarnDeprecated: --iptables-mode, in any of the flag package's forms,
+// gets one warning naming --netfilter; nothing else does.
+func TestWarnDeprecated(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		warn bool
+	}{
+		{[]string{"--iptables-mode=nft"}, true},
+		{[]string{"-iptables-mode", "legacy"}, true},
+		{[]string{"--netfilter=nftables", "--iptables-mode=auto", "--iptables-mode=auto"}, true},
+		{[]string{"--netfilter=iptables-nft"}, false},
+		{[]string{"--corefile=iptables-mode"}, false},
+	} {
+		var b strings.Builder
+		warnDeprecated(tc.args, slog.New(slog.NewTextHandler(&b, nil)))
+		got := b.String()
+		if n := strings.Count(got, "--iptables-mode is deprecated: use --netfilter"); (n == 1) != tc.warn || n > 1 {
+			t.Errorf("%q: logged %q, want a warning: %v", tc.args, got, tc.warn)
+		}
 	}
 }

@@ -29,6 +29,7 @@ func runWatchdog(args []string, getenv func(string) string, stderr io.Writer, lo
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	warnDeprecated(args, log)
 	nf, err := agent.ChooseNetfilter(ctx, cfg.Netfilter, cfg.LocalIPs, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "node-local-coredns watchdog:", err)

@@ -156,7 +156,20 @@ func (n *Netfilter) Rules(opts netfilter.Options, log *slog.Logger) (Rules, erro
 			return nil, err
 		}
 	}
-	return netfilter.NewNFT(n.ips, opts, filter, log)
+	nft, err := netfilter.NewNFT(n.ips, opts, filter, log)
+	if err != nil {
+		return nil, err
+	}
+	if filter == nil {
+		// Where the image has the iptables tools: the chains an agent of an
+		// earlier version wrote in iptables-nft, before the native backend.
+		for _, f := range familiesOf(n.ips) {
+			if t, err := netfilter.NewIptables(f, netfilter.ModeNFT); err == nil {
+				nft.Leftovers = append(nft.Leftovers, t)
+			}
+		}
+	}
+	return nft, nil
 }
 
 // Fencers returns the watchdog's fence on the chosen backend.

@@ -35,6 +35,9 @@ type NFT struct {
 	log  *slog.Logger
 	// Filter, if set, holds the accept rules in iptables' filter table.
 	Filter *Manager
+	// Leftovers are iptables tables where an agent on the iptables backend
+	// (an earlier version) may have left its chains: Setup removes them.
+	Leftovers []Tables
 
 	socketFallback bool
 }
@@ -108,6 +111,13 @@ func (n *NFT) Setup() error {
 		n.log.Warn("kernel refused the socket expression: queries are diverted even while no agent listens; a crashed agent leaves this node's DNS broken until it is back", "error", err)
 	} else if err != nil {
 		return err
+	}
+	for _, t := range n.Leftovers {
+		// An agent of an earlier version, on the iptables backend, leaves
+		// its rules to the agent that replaces it in a rolling upgrade.
+		if err := Remove(t); err != nil {
+			n.log.Warn("could not remove an earlier agent's iptables rules; they are gated on the socket and harmless", "backend", t.Mode(), "error", err)
+		}
 	}
 	if n.Filter != nil {
 		return n.Filter.Setup()

@@ -313,3 +313,39 @@ func TestHostReading(t *testing.T) {
 		t.Fatal("kube-ipvs0 lost its address")
 	}
 }
+
+// TestNFTRemovesLeftovers: an agent of an earlier version, on the
+// iptables-nft backend, left its chains to the agent that replaced it (a
+// rolling upgrade); the native backend's setup removes them.
+func TestNFTRemovesLeftovers(t *testing.T) {
+	ns, run := netns(t)
+	var old *netfilter.Manager
+	var ipt *netfilter.Iptables
+	in(t, ns, func() (err error) {
+		if ipt, err = netfilter.NewIptables(netfilter.IPv4, netfilter.ModeNFT); err != nil {
+			return err
+		}
+		old, err = netfilter.NewManager(map[netfilter.Family]netfilter.Tables{netfilter.IPv4: ipt}, []netip.Addr{v4}, opts, quiet)
+		if err != nil {
+			return err
+		}
+		return old.Setup()
+	})
+	if out := run("iptables-nft-save"); !strings.Contains(out, "NLCOREDNS-PREROUTING") {
+		t.Fatalf("the earlier agent's rules are not there:\n%s", out)
+	}
+	var n *netfilter.NFT
+	in(t, ns, func() (err error) {
+		if n, err = netfilter.NewNFT([]netip.Addr{v4}, opts, nil, quiet); err != nil {
+			return err
+		}
+		n.Leftovers = []netfilter.Tables{ipt}
+		return n.Setup()
+	})
+	if out := run("iptables-nft-save"); strings.Contains(out, "NLCOREDNS") || strings.Contains(out, "node-local-coredns") {
+		t.Errorf("the earlier agent's rules are left:\n%s", out)
+	}
+	if out := run("nft", "list", "table", "inet", netfilter.NFTTable); !strings.Contains(out, "queries to 172.27.255.78/udp") {
+		t.Errorf("the agent's table:\n%s", out)
+	}
+}
