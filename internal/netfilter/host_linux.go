@@ -161,9 +161,9 @@ func IptablesNFTFilter(families ...Family) (bool, error) {
 		if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop {
 			return true, nil
 		}
-		rules, err := conn.GetRules(c.Table, c)
+		rules, err := ruleRefs(c)
 		if err != nil {
-			return false, fmt.Errorf("listing iptables-nft's filter/%s: %w", c.Name, err)
+			return false, err
 		}
 		if len(rules) > 0 {
 			return true, nil

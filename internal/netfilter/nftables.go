@@ -155,13 +155,13 @@ func (n *NFT) write() error {
 // replaceAccepts queues the removal of the agent's rules from a host chain
 // and the insertion of the current ones at its top.
 func (n *NFT) replaceAccepts(c *nftables.Chain) error {
-	have, err := n.conn.GetRules(c.Table, c)
+	have, err := ruleRefs(c)
 	if err != nil {
-		return fmt.Errorf("listing %s: %w", chainName(c), err)
+		return err
 	}
 	for _, r := range have {
-		if isOurs(r) {
-			if err := n.conn.DelRule(r); err != nil {
+		if r.ours() {
+			if err := n.conn.DelRule(&nftables.Rule{Table: c.Table, Chain: c, Handle: r.Handle}); err != nil {
 				return fmt.Errorf("deleting a rule of ours from %s: %w", chainName(c), err)
 			}
 		}
@@ -275,16 +275,19 @@ func (n *NFT) inSync(socket bool) (bool, error) {
 		return false, err
 	}
 	for _, c := range foreign {
-		have, err := n.conn.GetRules(c.Table, c)
+		// The host's rules are read for their comments only (see
+		// ruleRefs): the agent's must come first, in order, and nowhere
+		// else.
+		have, err := ruleRefs(c)
 		if err != nil {
-			return false, fmt.Errorf("listing %s: %w", chainName(c), err)
+			return false, err
 		}
 		want := acceptRules(n.ips, n.opts, uint32(*c.Hooknum), byte(c.Table.Family))
-		if len(have) < len(want) || !sameRules(have[:len(want)], want) {
+		if len(have) < len(want) {
 			return false, nil
 		}
-		for _, r := range have[len(want):] {
-			if isOurs(r) {
+		for i, r := range have {
+			if (i < len(want) && r.Comment != want[i].Comment) || (i >= len(want) && r.ours()) {
 				return false, nil
 			}
 		}
@@ -388,13 +391,13 @@ func RemoveNFT(conn *nftables.Conn) error {
 		if c.Hooknum == nil || (c.Table.Name == NFTTable && c.Table.Family == table.Family) {
 			continue
 		}
-		rules, err := conn.GetRules(c.Table, c)
+		rules, err := ruleRefs(c)
 		if err != nil {
-			return fmt.Errorf("listing %s: %w", chainName(c), err)
+			return err
 		}
 		for _, r := range rules {
-			if isOurs(r) {
-				if err := conn.DelRule(r); err != nil {
+			if r.ours() {
+				if err := conn.DelRule(&nftables.Rule{Table: c.Table, Chain: c, Handle: r.Handle}); err != nil {
 					return err
 				}
 				queued = true
