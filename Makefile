@@ -11,7 +11,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/node-local-coredns
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test unit demo deps vet clean reliability image image-deps components manifests bench bench-deps
+.PHONY: all build test unit demo deps monitoring-deps vet clean reliability image image-deps components manifests bench bench-deps
 
 all: build
 
@@ -43,11 +43,24 @@ vet:
 # report its own deadline as a failure (golang/go#75804, fixed in 1.27).
 FUZZTIME ?= 100000x
 FUZZTIME_SHORT ?= 20000x
-test: deps vet image components
+test: deps monitoring-deps vet image components
 	NODESIM_REQUIRED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test $(GOTESTFLAGS) -count=1 -timeout 45m ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzAnswer$$' -fuzztime $(FUZZTIME) ./plugin/fastcache
 	$(GO) test -run '^$$' -fuzz '^FuzzTCPStream$$' -fuzztime $(FUZZTIME_SHORT) ./internal/server
 	$(GO) test -run '^$$' -fuzz '^FuzzCorefileValues$$' -fuzztime $(FUZZTIME_SHORT) ./internal/agent
+
+# monitoring-deps installs Prometheus and promtool from the distribution,
+# for the alert rules' tests; its service is not started.
+monitoring-deps:
+	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make: prometheus and promtool are needed; run as root to install them"; exit 1; fi; \
+		echo "installing prometheus (promtool)"; \
+		made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made=1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		status=$$?; [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; \
+		if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+		exit $$status; \
+	fi
 
 # components builds (or finds cached) kube-apiserver, kube-proxy, etcd and
 # CoreDNS at the versions pinned in test/cluster/components.

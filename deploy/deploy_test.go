@@ -78,6 +78,15 @@ func objects(t *testing.T, stream string) map[string]any {
 			obj = &corev1.ConfigMap{}
 		case "ServiceAccount":
 			obj = &corev1.ServiceAccount{}
+		case "PodMonitor", "PrometheusRule":
+			// The Prometheus Operator's kinds, decoded without its types
+			// (TestMonitoring checks their content).
+			var u map[string]any
+			if err := yaml.Unmarshal([]byte(doc), &u); err != nil {
+				t.Fatalf("%s %s: %v", meta.Kind, meta.Metadata.Name, err)
+			}
+			out[meta.Kind+"/"+meta.Metadata.Name] = u
+			continue
 		default:
 			t.Fatalf("unexpected kind %q", meta.Kind)
 		}

@@ -62,8 +62,14 @@ type Report struct {
 	CacheEntries    float64
 	CacheHitRatio   float64
 	CacheKnown      bool
-	MetricsErr      string
-	RulesErr        string
+	// Agent is what the agent's own metrics say (known with CacheKnown).
+	Agent AgentStats
+	// Fenced is set while the watchdog's fence takes the node off the
+	// agent; FenceErr when it could not be read.
+	Fenced     bool
+	FenceErr   string
+	MetricsErr string
+	RulesErr   string
 }
 
 // Served reports whether every local IP is served by the agent.
@@ -92,6 +98,7 @@ func Check(ctx context.Context, cfg config.Status) Report {
 			backend = rules.Mode()
 			rulesOK, gated, err = rules.Installed()
 		}
+		r.Fenced, r.FenceErr = fenced(nf)
 	}
 	if err != nil {
 		r.RulesErr = err.Error()
@@ -123,13 +130,31 @@ func Check(ctx context.Context, cfg config.Status) Report {
 			break
 		}
 	}
-	r.CacheEntries, r.CacheHitRatio, err = cacheStats(ctx, cfg.MetricsAddr, cfg.Timeout)
+	r.CacheEntries, r.CacheHitRatio, r.Agent, err = cacheStats(ctx, cfg.MetricsAddr, cfg.Timeout)
 	if err != nil {
 		r.MetricsErr = err.Error()
 	} else {
 		r.CacheKnown = true
 	}
 	return r
+}
+
+// fenced reports whether the watchdog's fence is in place.
+func fenced(nf *agent.Netfilter) (bool, string) {
+	fencers, err := nf.Fencers()
+	if err != nil {
+		return false, err.Error()
+	}
+	for _, f := range fencers {
+		ok, err := f.Fenced()
+		if err != nil {
+			return false, err.Error()
+		}
+		if ok {
+			return true, ""
+		}
+	}
+	return false, ""
 }
 
 func interfaceOf(ip netip.Addr) string {
@@ -181,11 +206,19 @@ func conntrackDNS(ip netip.Addr, port uint16) int {
 	return n
 }
 
-// cacheStats reads the cache plugin's metrics from the agent.
-func cacheStats(ctx context.Context, addr string, timeout time.Duration) (entries, hitRatio float64, err error) {
+// AgentStats are counters and gauges of the agent's, as the alerts read
+// them.
+type AgentStats struct {
+	RulesRestored, CorefileErrors, SetupErrors float64
+	// Resident memory and the Go memory limit (0: none known).
+	Resident, MemoryLimit float64
+}
+
+// cacheStats reads the cache plugins' and the agent's metrics.
+func cacheStats(ctx context.Context, addr string, timeout time.Duration) (entries, hitRatio float64, agent AgentStats, err error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, agent, err
 	}
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		host = "127.0.0.1"
@@ -194,17 +227,17 @@ func cacheStats(ctx context.Context, addr string, timeout time.Duration) (entrie
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/metrics", nil)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, agent, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, 0, fmt.Errorf("reading the agent's metrics: %w", err)
+		return 0, 0, agent, fmt.Errorf("reading the agent's metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return 0, 0, fmt.Errorf("parsing the agent's metrics: %w", err)
+		return 0, 0, agent, fmt.Errorf("parsing the agent's metrics: %w", err)
 	}
 	sum := func(name string) float64 {
 		var total float64
@@ -222,7 +255,22 @@ func cacheStats(ctx context.Context, addr string, timeout time.Duration) (entrie
 	if hits+misses > 0 {
 		hitRatio = hits / (hits + misses)
 	}
-	return entries, hitRatio, nil
+	agent = AgentStats{
+		CorefileErrors: sum("node_local_coredns_corefile_errors_total"),
+		SetupErrors:    sum("node_local_coredns_setup_errors_total"),
+		Resident:       sum("process_resident_memory_bytes"),
+		MemoryLimit:    sum("go_gc_gomemlimit_bytes"),
+	}
+	if mf, ok := families["node_local_coredns_restored_total"]; ok {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "kind" && l.GetValue() == "rules" {
+					agent.RulesRestored += value(m)
+				}
+			}
+		}
+	}
+	return entries, hitRatio, agent, nil
 }
 
 func value(m *dto.Metric) float64 {
@@ -262,9 +310,24 @@ func (r Report) Write(w io.Writer) {
 		ups = append(ups, u.String())
 	}
 	fmt.Fprintf(w, "upstream   %s: %s\n", strings.Join(ups, ", "), yes(r.UpstreamAnswers, "answers in "+r.UpstreamLatency.Round(time.Microsecond).String(), "does not answer"))
-	if r.CacheKnown {
-		fmt.Fprintf(w, "cache      %.0f entries, hit ratio %.1f%%\n", r.CacheEntries, 100*r.CacheHitRatio)
-	} else {
-		fmt.Fprintf(w, "cache      unknown: %s\n", r.MetricsErr)
+	switch {
+	case r.FenceErr != "":
+		fmt.Fprintf(w, "fence      unknown: %s\n", r.FenceErr)
+	case r.Fenced:
+		fmt.Fprintf(w, "fence      IN PLACE: the watchdog took the node off a silent agent (pods go to kube-dns)\n")
+	default:
+		fmt.Fprintf(w, "fence      none\n")
 	}
+	if !r.CacheKnown {
+		fmt.Fprintf(w, "cache      unknown: %s\n", r.MetricsErr)
+		return
+	}
+	fmt.Fprintf(w, "cache      %.0f entries, hit ratio %.1f%%\n", r.CacheEntries, 100*r.CacheHitRatio)
+	a := r.Agent
+	fmt.Fprintf(w, "agent      rules restored %.0f times, %.0f Corefile templates refused, %.0f setup errors since it started\n", a.RulesRestored, a.CorefileErrors, a.SetupErrors)
+	limit := "no memory limit"
+	if a.MemoryLimit > 0 && a.MemoryLimit < 1<<62 {
+		limit = fmt.Sprintf("%.0f%% of its %.0f MiB limit", 100*a.Resident/a.MemoryLimit, a.MemoryLimit/(1<<20))
+	}
+	fmt.Fprintf(w, "memory     %.1f MiB resident, %s\n", a.Resident/(1<<20), limit)
 }
