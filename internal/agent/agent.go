@@ -60,6 +60,12 @@ func New(steps []Step, syncInterval time.Duration, peers func() (bool, error), l
 // them down in reverse order. A step that fails to set up makes Run tear
 // down the steps before it and return the error: the node is left as it was.
 func (a *Agent) Run(ctx context.Context) error {
+	// Each step's counters exist from the start, at 0, so that an alert on
+	// their increase sees the first failure or restore.
+	for _, s := range a.steps {
+		metrics.SetupErrors.WithLabelValues(s.Name())
+		metrics.Restored.WithLabelValues(s.Name())
+	}
 	for i, s := range a.steps {
 		if err := s.Setup(); err != nil {
 			metrics.SetupErrors.WithLabelValues(s.Name()).Inc()

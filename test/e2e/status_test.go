@@ -35,6 +35,7 @@ func TestStatus(t *testing.T) {
 	for _, want := range []string{
 		"10.96.0.10: served by node-local-coredns", "present on nodelocaldns", "in place (nftables, accept rules in iptables-nft), gated on a bound socket",
 		"bound (1 udp, 1 tcp)", "answered by the agent", "upstream   10.96.0.11:53: answers", "hit ratio",
+		"fence      none", "agent      rules restored 0 times, 0 Corefile templates refused, 0 setup errors", "MiB resident, no memory limit",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("healthy report lacks %q", want)
@@ -42,6 +43,18 @@ func TestStatus(t *testing.T) {
 	}
 	if code != 0 {
 		t.Errorf("healthy node: exit %d, want 0", code)
+	}
+
+	// The watchdog's fence, as it writes it in the agent's table.
+	if _, err := n.NodeExec(t.Context(), "nft", "add rule inet node-local-coredns fence ip daddr 10.96.0.10 udp dport 53 accept"); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = status(t, n)
+	if !strings.Contains(out, "fence      IN PLACE") {
+		t.Errorf("fenced node: the report does not say so:\n%s", out)
+	}
+	if _, err := n.NodeExec(t.Context(), "nft", "flush chain inet node-local-coredns fence"); err != nil {
+		t.Fatal(err)
 	}
 
 	removeDiversion(t, n, "iptables")
