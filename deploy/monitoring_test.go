@@ -15,6 +15,7 @@ import (
 	"helm.sh/helm/v3/pkg/lint/support"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 )
 
@@ -197,6 +198,10 @@ func TestMonitoring(t *testing.T) {
 	for _, c := range ds.Spec.Template.Spec.Containers {
 		for _, p := range c.Ports {
 			ports[p.Name] = true
+			// The API server refuses a name longer than 15 characters.
+			if errs := validation.IsValidPortName(p.Name); len(errs) > 0 {
+				t.Errorf("container %s: port name %q: %v", c.Name, p.Name, errs)
+			}
 		}
 	}
 	pm, _ := objs["PodMonitor/node-local-coredns"].(map[string]any)

@@ -36,8 +36,11 @@ type NFT struct {
 	// Filter, if set, holds the accept rules in iptables' filter table.
 	Filter *Manager
 	// Leftovers are iptables tables where an agent on the iptables backend
-	// (an earlier version) may have left its chains: Setup removes them.
+	// (an earlier version) may have left its chains: Setup removes them,
+	// and so do the first leftoverSyncs syncs, while the earlier agent of a
+	// rolling upgrade may still be running and putting them back.
 	Leftovers []Tables
+	leftoverSyncs int
 
 	socketFallback bool
 }
@@ -112,17 +115,28 @@ func (n *NFT) Setup() error {
 	} else if err != nil {
 		return err
 	}
-	for _, t := range n.Leftovers {
-		// An agent of an earlier version, on the iptables backend, leaves
-		// its rules to the agent that replaces it in a rolling upgrade.
-		if err := Remove(t); err != nil {
-			n.log.Warn("could not remove an earlier agent's iptables rules; they are gated on the socket and harmless", "backend", t.Mode(), "error", err)
-		}
-	}
+	n.leftoverSyncs = leftoverSyncs
+	n.removeLeftovers()
 	if n.Filter != nil {
 		return n.Filter.Setup()
 	}
 	return nil
+}
+
+// leftoverSyncs is how many syncs after setup remove an earlier agent's
+// iptables chains: at the default 10 s interval, the first 5 minutes, more
+// than a rolling upgrade's overlap.
+const leftoverSyncs = 30
+
+// removeLeftovers removes an earlier agent's iptables chains: an agent of
+// an earlier version, on the iptables backend, leaves its rules to the
+// agent that replaces it in a rolling upgrade.
+func (n *NFT) removeLeftovers() {
+	for _, t := range n.Leftovers {
+		if err := Remove(t); err != nil {
+			n.log.Warn("could not remove an earlier agent's iptables rules; they are gated on the socket and harmless", "backend", t.Mode(), "error", err)
+		}
+	}
 }
 
 // write replaces the content of the agent's base chains and puts the
@@ -325,6 +339,10 @@ func sameRules(have []*nftables.Rule, want []nftRule) bool {
 // they should be, and reports how many it rewrote (0 or 1, plus what the
 // iptables filter part restored).
 func (n *NFT) Sync() (int, error) {
+	if n.leftoverSyncs > 0 {
+		n.leftoverSyncs--
+		n.removeLeftovers()
+	}
 	restored := 0
 	ok, err := n.inSync(n.SocketMatch())
 	var errs []error

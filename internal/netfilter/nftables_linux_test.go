@@ -352,6 +352,13 @@ func TestNFTRemovesLeftovers(t *testing.T) {
 	if out := run("iptables-nft-save"); strings.Contains(out, "NLCOREDNS") || strings.Contains(out, "node-local-coredns") {
 		t.Errorf("the earlier agent's rules are left:\n%s", out)
 	}
+	// The earlier agent, still running during the upgrade's overlap, puts
+	// them back; the next sync removes them again.
+	in(t, ns, old.Setup)
+	in(t, ns, func() error { _, err := n.Sync(); return err })
+	if out := run("iptables-nft-save"); strings.Contains(out, "NLCOREDNS") {
+		t.Errorf("the earlier agent's rules are back after a sync:\n%s", out)
+	}
 	if out := run("nft", "list", "table", "inet", netfilter.NFTTable); !strings.Contains(out, "queries to 172.27.255.78/udp") {
 		t.Errorf("the agent's table:\n%s", out)
 	}
