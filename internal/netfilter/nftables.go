@@ -39,7 +39,7 @@ type NFT struct {
 	// (an earlier version) may have left its chains: Setup removes them,
 	// and so do the first leftoverSyncs syncs, while the earlier agent of a
 	// rolling upgrade may still be running and putting them back.
-	Leftovers []Tables
+	Leftovers     []Tables
 	leftoverSyncs int
 
 	socketFallback bool
