@@ -18,6 +18,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/node-local-coredns/node-local-coredns/internal/corefile"
 	"github.com/node-local-coredns/node-local-coredns/test/nodesim"
 )
 
@@ -142,8 +143,9 @@ func waitAlert(t *testing.T, n *nodesim.Node, alert string, fire bool, timeout t
 
 // TestPrometheusAlerts: a real Prometheus scrapes the agent and the
 // watchdog on the simulated node with the chart's alerts, while the faults
-// happen: the rules removed again and again, kube-dns down, the agent hung
-// (and fenced by the watchdog), the agent killed. Each fault's alert is
+// happen: the rules removed again and again, kube-dns down, a Corefile
+// template refused, the agent hung (and fenced by the watchdog), the agent
+// killed. Each fault's alert is
 // seen firing through Prometheus's API, then resolving once the fault is
 // over; none fires on the healthy node. Every metric the alerts and the
 // dashboard use is one the agent or the watchdog exports.
@@ -152,7 +154,11 @@ func TestPrometheusAlerts(t *testing.T) {
 	// while kube-dns is down and are served stale.
 	n := newNode(t, nodesim.Options{TTL: 1})
 	pod := n.Pods[0]
-	agent := startAgent(t, n, "--sync-interval=1s")
+	// The Corefile template as a ConfigMap volume holds it.
+	cm := &configMap{dir: t.TempDir()}
+	cm.write(t, corefile.Default)
+	args := []string{"--sync-interval=1s", "--corefile=" + filepath.Join(cm.dir, "Corefile"), "--reload-interval=2s"}
+	agent := startAgent(t, n, args...)
 	startWatchdog(t, n)
 	startPrometheus(t, n)
 	eventually(t, 30*time.Second, "Prometheus scraping the agent and the watchdog", func() bool {
@@ -214,6 +220,13 @@ func TestPrometheusAlerts(t *testing.T) {
 		}
 	})
 
+	t.Run("Corefile rejected", func(t *testing.T) {
+		cm.write(t, corefile.Default+"\n{{ .NoSuchValue }}\n")
+		t.Logf("NodeLocalCoreDNSCorefileRejected firing after %s", waitAlert(t, n, "NodeLocalCoreDNSCorefileRejected", true, 30*time.Second).Round(time.Second))
+		cm.write(t, corefile.Default)
+		t.Logf("resolved after %s", waitAlert(t, n, "NodeLocalCoreDNSCorefileRejected", false, 60*time.Second).Round(time.Second))
+	})
+
 	t.Run("agent hung", func(t *testing.T) {
 		if err := agent.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
@@ -233,7 +246,7 @@ func TestPrometheusAlerts(t *testing.T) {
 		t.Logf("NodeLocalCoreDNSDown firing after %s", waitAlert(t, n, "NodeLocalCoreDNSDown", true, 30*time.Second).Round(time.Second))
 		// The gated rules left behind send the pods to kube-dns meanwhile.
 		resolve(t, pod, "udp", nodesim.KubeDNS, "killed.default.svc.cluster.local", dns.TypeA)
-		startAgent(t, n, "--sync-interval=1s")
+		startAgent(t, n, args...)
 		t.Logf("resolved after %s", waitAlert(t, n, "NodeLocalCoreDNSDown", false, 30*time.Second).Round(time.Second))
 	})
 
