@@ -63,7 +63,7 @@ const iptSoGetInfo = 64 // IPT_SO_GET_INFO, IP6T_SO_GET_INFO
 // tables of the families hold beyond their built-in chains (a user chain
 // counts too), read as iptables-legacy reads them, without its tools. It
 // needs CAP_NET_RAW (the raw socket) and CAP_NET_ADMIN.
-func LegacyKernelRules(families ...Family) (n int, err error) {
+func LegacyKernelRules(families ...Family) (int, error) {
 	// The agent holds NET_RAW and DAC_READ_SEARCH only for the iptables
 	// tools (permitted, not effective): effective on this thread for the
 	// read, and back after it.
@@ -109,7 +109,7 @@ func legacyKernelRules(families []Family) (int, error) {
 			continue // no legacy tables module
 		}
 		if err != nil {
-			return 0, fmt.Errorf("reading %s: %w", names, err)
+			return 0, fmt.Errorf("reading %s to find the iptables-legacy tables: %w (it is root's alone: give the agent DAC_READ_SEARCH)", names, err)
 		}
 		tables := strings.Fields(string(b))
 		if len(tables) == 0 {
