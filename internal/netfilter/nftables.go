@@ -209,7 +209,7 @@ func (n *NFT) dropChains() ([]*nftables.Chain, error) {
 		default:
 			continue
 		}
-		if (c.Table.Name == NFTTable && c.Table.Family == table.Family) || IptablesNFTChain(c.Table.Family, c.Table.Name, c.Name) {
+		if (c.Table.Name == NFTTable && c.Table.Family == table.Family) || iptablesNFTChain(c.Table.Family, c.Table.Name, c.Name) {
 			continue
 		}
 		out = append(out, c)
@@ -217,9 +217,9 @@ func (n *NFT) dropChains() ([]*nftables.Chain, error) {
 	return out, nil
 }
 
-// IptablesNFTChain reports whether a chain is one of iptables-nft's built-in
+// iptablesNFTChain reports whether a chain is one of iptables-nft's built-in
 // chains (family ip or ip6, table and chain named as iptables names them).
-func IptablesNFTChain(family nftables.TableFamily, tableName, chain string) bool {
+func iptablesNFTChain(family nftables.TableFamily, tableName, chain string) bool {
 	if family != nftables.TableFamilyIPv4 && family != nftables.TableFamilyIPv6 {
 		return false
 	}

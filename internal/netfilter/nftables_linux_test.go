@@ -12,10 +12,17 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/node-local-coredns/node-local-coredns/internal/netfilter"
 	"github.com/node-local-coredns/node-local-coredns/test/nodesim"
+)
+
+var (
+	sweepOnce sync.Once
+	nsCount   atomic.Int64
 )
 
 var update = flag.Bool("update", false, "rewrite the golden rulesets")
@@ -38,10 +45,14 @@ func netns(t *testing.T) (string, func(args ...string) string) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Fatalf("nft is needed to read the ruleset back (apt-get install nftables): %v", err)
 	}
-	name := fmt.Sprintf("nlcnft-%d-%s", os.Getpid(), strings.ToLower(regexp.MustCompile(`[^A-Za-z0-9]`).ReplaceAllString(t.Name(), "")))
-	if len(name) > 40 {
-		name = name[:40]
-	}
+	// Named <prefix>-<pid>-<n>, so that nodesim.Sweep removes what a
+	// killed run left behind.
+	sweepOnce.Do(func() {
+		if err := nodesim.Sweep("nlcnft"); err != nil {
+			t.Logf("sweeping stale namespaces: %v", err)
+		}
+	})
+	name := fmt.Sprintf("nlcnft-%d-%d", os.Getpid(), nsCount.Add(1))
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}

@@ -148,7 +148,7 @@ func TestFlushedRulesComeBack(t *testing.T) {
 	startAgent(t, n, "--sync-interval=1s")
 	want := countRules(ruleset(t, n))
 	for _, damage := range []func() string{
-		func() string { return removeDiversion(t, n, "iptables") },
+		func() string { return removeDiversion(t, n) },
 		func() string {
 			if _, err := n.NodeExec(t.Context(), "iptables", "-t", "filter", "-F", "NLCOREDNS-INPUT"); err != nil {
 				t.Fatal(err)

@@ -23,20 +23,14 @@ func TestHardenedNode(t *testing.T) {
 		mode     string // kube-proxy's iptables mode on the node
 		firewall [][]string
 		backend  string // in the agent's log line
+		metric   string // the backend label of node_local_coredns_netfilter_backend
 	}{
 		{
-			name: "iptables-nft drops, native table",
-			mode: "nft",
-			firewall: [][]string{
-				{"iptables-nft", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
-				{"iptables-nft", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
-				{"iptables-nft", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"},
-				{"iptables-nft", "-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"},
-				{"iptables-nft", "-A", "OUTPUT", "-m", "conntrack", "--ctorigdst", upstream, "-j", "ACCEPT"},
-				{"iptables-nft", "-P", "INPUT", "DROP"},
-				{"iptables-nft", "-P", "OUTPUT", "DROP"},
-			},
-			backend: "backend=nftables accept_rules=iptables-nft",
+			name:     "iptables-nft drops, native table",
+			mode:     "nft",
+			firewall: iptablesFirewall("iptables-nft", upstream),
+			backend:  "backend=nftables accept_rules=iptables-nft",
+			metric:   "nftables",
 		},
 		{
 			name: "host nftables table drops, native table",
@@ -52,20 +46,14 @@ func TestHardenedNode(t *testing.T) {
 				{"nft", "add rule inet host output ct original ip daddr " + upstream + " accept"},
 			},
 			backend: "backend=nftables accept_rules=iptables-nft",
+			metric:  "nftables",
 		},
 		{
-			name: "iptables-legacy drops, legacy backend",
-			mode: "legacy",
-			firewall: [][]string{
-				{"iptables-legacy", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
-				{"iptables-legacy", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
-				{"iptables-legacy", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"},
-				{"iptables-legacy", "-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"},
-				{"iptables-legacy", "-A", "OUTPUT", "-m", "conntrack", "--ctorigdst", upstream, "-j", "ACCEPT"},
-				{"iptables-legacy", "-P", "INPUT", "DROP"},
-				{"iptables-legacy", "-P", "OUTPUT", "DROP"},
-			},
-			backend: "backend=iptables-legacy",
+			name:     "iptables-legacy drops, legacy backend",
+			mode:     "legacy",
+			firewall: iptablesFirewall("iptables-legacy", upstream),
+			backend:  "backend=iptables-legacy",
+			metric:   "iptables-legacy",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -80,6 +68,9 @@ func TestHardenedNode(t *testing.T) {
 			if !strings.Contains(a.Output(), tc.backend) {
 				t.Errorf("the agent did not log %q:\n%s", tc.backend, a.Output())
 			}
+			if got := metricSeries(t, n, "node_local_coredns_netfilter_backend"); len(got) != 1 || got[0].Labels["backend"] != tc.metric || got[0].Value != 1 {
+				t.Errorf("node_local_coredns_netfilter_backend = %+v, want one series with backend %q at 1", got, tc.metric)
+			}
 			for _, proto := range []string{"udp", "tcp"} {
 				// The first lookup is a miss (the agent asks kube-dns), the
 				// second a hit.
@@ -93,5 +84,20 @@ func TestHardenedNode(t *testing.T) {
 				t.Errorf("conntrack entries %q, want none", ct)
 			}
 		})
+	}
+}
+
+// iptablesFirewall is a hardened node's filter in one iptables backend:
+// loopback, established traffic and the node's DNS upstream (before DNAT)
+// accepted, everything else dropped, in and out.
+func iptablesFirewall(tool, upstream string) [][]string {
+	return [][]string{
+		{tool, "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
+		{tool, "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
+		{tool, "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"},
+		{tool, "-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"},
+		{tool, "-A", "OUTPUT", "-m", "conntrack", "--ctorigdst", upstream, "-j", "ACCEPT"},
+		{tool, "-P", "INPUT", "DROP"},
+		{tool, "-P", "OUTPUT", "DROP"},
 	}
 }

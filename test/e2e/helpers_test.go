@@ -142,9 +142,9 @@ func native(t *testing.T, n *nodesim.Node) bool {
 // would (a CNI restoring its own rules, an operator): the raw table flushed
 // on the iptables backends, the agent's table deleted on the native one. It
 // returns what it did.
-func removeDiversion(t *testing.T, n *nodesim.Node, iptables ...string) string {
+func removeDiversion(t *testing.T, n *nodesim.Node) string {
 	t.Helper()
-	args := append(iptables, "-t", "raw", "-F")
+	args := []string{"iptables", "-t", "raw", "-F"}
 	if native(t, n) {
 		args = []string{"nft", "delete", "table", "inet", "node-local-coredns"}
 	}

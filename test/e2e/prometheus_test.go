@@ -183,7 +183,7 @@ func TestPrometheusAlerts(t *testing.T) {
 
 	t.Run("rules removed again and again", func(t *testing.T) {
 		for range 5 {
-			removeDiversion(t, n, "iptables")
+			removeDiversion(t, n)
 			time.Sleep(1500 * time.Millisecond)
 		}
 		t.Logf("NodeLocalCoreDNSRulesRestored firing %s after the last removal", waitAlert(t, n, "NodeLocalCoreDNSRulesRestored", true, 20*time.Second).Round(time.Second))

@@ -321,7 +321,7 @@ func TestScenarioRulesFlushed(t *testing.T) {
 	)
 	rep := scenario(t, n, 4*time.Second, fault{at: 1500 * time.Millisecond, do: func(t *testing.T) {
 		flushed = time.Now()
-		what = removeDiversion(t, n, "iptables")
+		what = removeDiversion(t, n)
 	}})
 	// The rules go at the flush and come back within the 1 s sync interval.
 	for _, o := range rep.Failed() {

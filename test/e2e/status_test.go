@@ -57,7 +57,7 @@ func TestStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	removeDiversion(t, n, "iptables")
+	removeDiversion(t, n)
 	out, code = status(t, n)
 	t.Logf("rules flushed:\n%s", out)
 	if code != 1 || !strings.Contains(out, "NOT served") || !strings.Contains(out, "rules      missing") {
