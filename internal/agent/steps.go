@@ -179,20 +179,21 @@ func renderCorefile(cfg config.Config) (string, error) {
 
 func corefileValues(cfg config.Config) corefile.Values {
 	return corefile.Values{
-		LocalIPs:        cfg.LocalIPs,
-		Upstreams:       cfg.Upstreams,
-		ClusterDomain:   cfg.ClusterDomain,
-		Port:            cfg.Port,
-		HealthAddr:      cfg.HealthAddr,
-		ReadyAddr:       cfg.ReadyAddr,
-		MetricsAddr:     cfg.MetricsAddr,
-		ReloadInterval:  cfg.ReloadInterval,
-		ServeStale:      cfg.ServeStale,
-		MaxUDPSize:      cfg.MaxUDPSize,
-		MissRate:        cfg.MissRate,
-		SuccessCapacity: cfg.SuccessCapacity,
-		DenialCapacity:  cfg.DenialCapacity,
-		MaxConcurrent:   cfg.MaxConcurrent,
+		LocalIPs:          cfg.LocalIPs,
+		Upstreams:         cfg.Upstreams,
+		UpstreamEndpoints: cfg.UpstreamEndpoints,
+		ClusterDomain:     cfg.ClusterDomain,
+		Port:              cfg.Port,
+		HealthAddr:        cfg.HealthAddr,
+		ReadyAddr:         cfg.ReadyAddr,
+		MetricsAddr:       cfg.MetricsAddr,
+		ReloadInterval:    cfg.ReloadInterval,
+		ServeStale:        cfg.ServeStale,
+		MaxUDPSize:        cfg.MaxUDPSize,
+		MissRate:          cfg.MissRate,
+		SuccessCapacity:   cfg.SuccessCapacity,
+		DenialCapacity:    cfg.DenialCapacity,
+		MaxConcurrent:     cfg.MaxConcurrent,
 	}
 }
 

@@ -68,6 +68,10 @@ type Config struct {
 	// UpstreamService names the Service whose environment variables give
 	// Upstreams when --upstream is not set.
 	UpstreamService string
+	// UpstreamEndpoints is the name of the headless Service whose records
+	// are kube-dns's endpoints, over which misses are spread (spread
+	// plugin); empty: misses go to Upstreams only.
+	UpstreamEndpoints string
 	// Interface holds the local IPs; created (and later deleted) when absent.
 	Interface string
 	// ClusterDomain is the cluster's DNS domain.
@@ -146,6 +150,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 		common      = addShared(fs, "comma-separated IPs to take over and serve on", "firewall mark of the watchdog's probes, let through to the agent even while fenced off (0: none)")
 		upstreamSvc = fs.String("upstream-svc", DefaultUpstreamService, "Service that receives cache misses, found through $<NAME>_SERVICE_HOST and $<NAME>_SERVICE_PORT_DNS")
 		upstreams   = fs.String("upstream", "", "comma-separated host[:port] upstreams; overrides --upstream-svc")
+		endpoints   = fs.String("upstream-endpoints", "auto", "DNS name of the headless Service whose A/AAAA records are kube-dns's endpoints; misses are spread over them, and the upstream Service is the path while none is known (auto: <upstream-svc>-endpoints.kube-system.svc.<cluster-domain>, unless --upstream is set; none: the Service only)")
 		c           Config
 	)
 	fs.StringVar(&c.Interface, "interface", DefaultInterface, "interface that holds the local IPs; created as a dummy (or port-less bridge) when absent")
@@ -175,6 +180,15 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	c.UpstreamService = *upstreamSvc
 	if c.Upstreams, err = resolveUpstreams(*upstreams, *upstreamSvc, getenv); err != nil {
 		return Config{}, err
+	}
+	switch *endpoints {
+	case "auto":
+		if *upstreams == "" {
+			c.UpstreamEndpoints = *upstreamSvc + "-endpoints.kube-system.svc." + strings.TrimSuffix(c.ClusterDomain, ".")
+		}
+	case "none", "":
+	default:
+		c.UpstreamEndpoints = strings.TrimSuffix(*endpoints, ".")
 	}
 	if c.MemoryLimit == 0 {
 		if v := getenv(memoryLimitEnv); v != "" {
@@ -469,6 +483,9 @@ func (c *Config) validate() error {
 		return &Error{Flag: "cluster-domain", Err: fmt.Errorf("%q is not a domain (labels of letters, digits and hyphens)", c.ClusterDomain)}
 	}
 	c.ClusterDomain = domain
+	if c.UpstreamEndpoints != "" && !isDomain(c.UpstreamEndpoints) {
+		return &Error{Flag: "upstream-endpoints", Err: fmt.Errorf("%q is not a domain name (or auto, or none)", c.UpstreamEndpoints)}
+	}
 	if !slices.Contains(netfilterBackends, c.Netfilter) {
 		return &Error{Flag: "netfilter", Err: fmt.Errorf("%q is not auto, nftables, iptables-nft or iptables-legacy", c.Netfilter)}
 	}

@@ -26,6 +26,9 @@ type Values struct {
 	LocalIPs []netip.Addr
 	// Upstreams receive cache misses.
 	Upstreams []netip.AddrPort
+	// UpstreamEndpoints is the headless Service's name whose records are
+	// kube-dns's endpoints, the misses spread over them (empty: none).
+	UpstreamEndpoints string
 	// ClusterDomain is the cluster's DNS domain, without a trailing dot.
 	ClusterDomain string
 	// Port is the DNS port.
@@ -44,7 +47,8 @@ type Values struct {
 	// MissRate is how many queries a second a client may send past the
 	// cache (the misslimit plugin, bursts of twice as many); 0: no limit.
 	MissRate int
-	// MaxConcurrent bounds the misses each forward has in flight (0: 1000).
+	// MaxConcurrent bounds the queries each block has in flight to kube-dns
+	// (0: 1000).
 	MaxConcurrent int
 }
 

@@ -14,19 +14,20 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 func values() Values {
 	return Values{
-		LocalIPs:        []netip.Addr{netip.MustParseAddr("172.27.255.78")},
-		Upstreams:       []netip.AddrPort{netip.MustParseAddrPort("172.27.255.79:53")},
-		ClusterDomain:   "cluster.local",
-		Port:            53,
-		HealthAddr:      "127.0.0.1:8080",
-		ReadyAddr:       "127.0.0.1:8181",
-		MetricsAddr:     ":9253",
-		ReloadInterval:  5 * time.Second,
-		ServeStale:      time.Hour,
-		MaxUDPSize:      1232,
-		MissRate:        500,
-		SuccessCapacity: 9984,
-		DenialCapacity:  9984,
+		LocalIPs:          []netip.Addr{netip.MustParseAddr("172.27.255.78")},
+		Upstreams:         []netip.AddrPort{netip.MustParseAddrPort("172.27.255.79:53")},
+		UpstreamEndpoints: "node-local-coredns-endpoints.kube-system.svc.cluster.local",
+		ClusterDomain:     "cluster.local",
+		Port:              53,
+		HealthAddr:        "127.0.0.1:8080",
+		ReadyAddr:         "127.0.0.1:8181",
+		MetricsAddr:       ":9253",
+		ReloadInterval:    5 * time.Second,
+		ServeStale:        time.Hour,
+		MaxUDPSize:        1232,
+		MissRate:          500,
+		SuccessCapacity:   9984,
+		DenialCapacity:    9984,
 	}
 }
 
@@ -42,6 +43,7 @@ func TestRenderDefaultGolden(t *testing.T) {
 	custom.ServeStale = 0
 	custom.MaxUDPSize = 4096
 	custom.MissRate = 0
+	custom.UpstreamEndpoints = ""
 	for _, tc := range []struct {
 		golden string
 		v      Values
@@ -84,8 +86,8 @@ func TestDefaultProperties(t *testing.T) {
 		"success 9984 30",
 		"denial 9984 5",
 		"serve_stale 1h0m0s verify 500ms 30s 30s", // RFC 8767: a stale answer's TTL is 30 s, never 0
-		"forward . 172.27.255.79:53 {\n        force_tcp",
-		"read_timeout 900ms\n        max_connect_attempts 2", // SERVFAIL within 2 s
+		"spread . 172.27.255.79:53 {\n        endpoints node-local-coredns-endpoints.kube-system.svc.cluster.local\n",
+		"hedge 100ms 500ms\n        read_timeout 900ms\n", // SERVFAIL within 2 s
 		".:53 {",
 		"bufsize 1232", // UDP answers capped (DNS Flag Day 2020)
 		"health 127.0.0.1:8080", "ready 127.0.0.1:8181", "prometheus :9253", "loop", "reload 5s", "errors",
@@ -94,13 +96,13 @@ func TestDefaultProperties(t *testing.T) {
 			t.Errorf("built-in Corefile lacks %q", want)
 		}
 	}
-	// Every forward is over TCP: no forwarder's UDP port for a forged
-	// answer to aim at.
-	if n, tcp := strings.Count(got, "forward ."), strings.Count(got, "force_tcp"); n != 2 || tcp != n {
-		t.Errorf("%d forwards, %d of them force_tcp; want 2, both", n, tcp)
+	// Every block sends its misses with spread, which speaks TCP only: no
+	// forwarder's UDP port for a forged answer to aim at.
+	if n, fwd := strings.Count(got, "spread ."), strings.Count(got, "forward "); n != 2 || fwd != 0 {
+		t.Errorf("%d spread and %d forward plugins; want 2 spread", n, fwd)
 	}
 	if n := strings.Count(got, "max_concurrent 1000"); n != 2 { // the Values leave it to the template's default
-		t.Errorf("max_concurrent in %d forwards, want both: misses in flight must be bounded", n)
+		t.Errorf("max_concurrent in %d blocks, want both: misses in flight must be bounded", n)
 	}
 	if n := strings.Count(got, "misslimit 500 1000"); n != 2 {
 		t.Errorf("misslimit in %d server blocks, want the 2 that answer clients", n)

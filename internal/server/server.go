@@ -16,6 +16,7 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 
 	"github.com/node-local-coredns/node-local-coredns/plugin/fastcache"
+	"github.com/node-local-coredns/node-local-coredns/plugin/spread"
 )
 
 const serverType = "dns"
@@ -54,6 +55,7 @@ var (
 func installHooks() {
 	hookOnce.Do(func() {
 		fastcache.Register()
+		spread.Register()
 		caddy.Quiet = true
 		dnsserver.Quiet = true
 		caddy.SetDefaultCaddyfileLoader("node-local-coredns", caddy.LoaderFunc(load))
@@ -168,6 +170,7 @@ func (s *Server) Stop() error {
 // Plugins lists the plugins compiled into this binary, sorted.
 func Plugins() []string {
 	fastcache.Register()
+	spread.Register()
 	var out []string
 	for _, name := range caddy.ListPlugins()["others"] {
 		if p, ok := strings.CutPrefix(name, serverType+"."); ok {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -77,7 +78,8 @@ func TestForgedAnswersNeverCached(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			text := corefile.Default
 			if tc.udp {
-				text = strings.Replace(text, "force_tcp\n", "", -1)
+				// forward as it is configured by default: UDP to kube-dns.
+				text = regexp.MustCompile(`(?s)spread \. (\{\{ join \.Upstreams " " \}\}) \{.*?\n    \}`).ReplaceAllString(text, "forward . $1")
 			}
 			addr := startBuiltInText(t, up.addr, text)
 			name := fmt.Sprintf("victim-%d.example.org.", time.Now().UnixNano())

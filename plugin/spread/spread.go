@@ -1,0 +1,367 @@
+// Package spread is a CoreDNS plugin that sends the queries it is given to
+// kube-dns's endpoints themselves, spread evenly over every endpoint, and
+// tries another endpoint when one does not answer in time. The endpoints are
+// learned from kube-dns (the A or AAAA records of a headless Service with
+// kube-dns's selector); while none are known the queries go to the
+// Service's ClusterIP, as forward would send them. See README.md.
+package spread
+
+import (
+	"context"
+	"errors"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/debug"
+	"github.com/coredns/coredns/plugin/pkg/proxy"
+	"github.com/coredns/coredns/request"
+	"github.com/miekg/dns"
+)
+
+const pluginName = "spread"
+
+// Penalties: an endpoint that failed to answer is left out of the rotation
+// for minBackoff, doubled at each failure in a row up to maxBackoff.
+const (
+	minBackoff = time.Second
+	maxBackoff = 30 * time.Second
+)
+
+var (
+	errNoUpstream   = errors.New("no upstream answered")
+	errLimitReached = errors.New("too many queries in flight to kube-dns")
+)
+
+// Spread is the plugin: one per server block.
+type Spread struct {
+	Next plugin.Handler
+
+	from string
+	// service is the Service's ClusterIP (or ClusterIPs): the path while no
+	// endpoint is known, and the last resort when every endpoint failed.
+	service []*upstream
+	// name is the headless Service's name whose records are the endpoints
+	// ("" when the endpoints are not looked up); port is theirs.
+	name    string
+	port    string
+	qtype   uint16
+	refresh time.Duration
+
+	readTimeout        time.Duration
+	expire             time.Duration
+	hedgeMin, hedgeMax time.Duration
+	attempts           int
+	maxInFlight        int64
+
+	inFlight  atomic.Int64
+	rr        atomic.Uint32
+	endpoints atomic.Pointer[[]*upstream]
+	// known is the last set of endpoint addresses looked up, by address.
+	mu    sync.Mutex
+	known map[string]*upstream
+
+	m     *serverMetrics
+	stop  chan struct{}
+	done  chan struct{}
+	log   func(format string, args ...any)
+	clock func() time.Time
+}
+
+// upstream is one address queries go to: an endpoint or the Service.
+type upstream struct {
+	addr    string
+	p       *proxy.Proxy
+	service bool
+	// srtt is the smoothed time this upstream took to answer, in ns.
+	srtt atomic.Int64
+	// until is when its penalty ends (UnixNano); 0 while it is healthy.
+	until   atomic.Int64
+	backoff atomic.Int64
+	// trial is held by the one query that tries a penalized upstream again
+	// once its penalty is over.
+	trial atomic.Bool
+	m     *upstreamMetrics
+}
+
+// Name implements plugin.Handler.
+func (s *Spread) Name() string { return pluginName }
+
+// ServeDNS implements plugin.Handler.
+func (s *Spread) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	state := request.Request{W: w, Req: r}
+	if !plugin.Name(s.from).Matches(state.Name()) {
+		return plugin.NextOrFailure(s.Name(), s.Next, ctx, w, r)
+	}
+	ret, err := s.exchange(ctx, state)
+	if err != nil {
+		if errors.Is(err, errLimitReached) {
+			return dns.RcodeRefused, err
+		}
+		if errors.Is(err, proxy.ErrInvalidRequest) {
+			return dns.RcodeFormatError, err
+		}
+		return dns.RcodeServerFailure, err
+	}
+	if !state.Match(ret) {
+		debug.Hexdumpf(ret, "Wrong reply for id: %d, %s %d", ret.Id, state.QName(), state.QType())
+		formerr := new(dns.Msg)
+		formerr.SetRcode(state.Req, dns.RcodeFormatError)
+		w.WriteMsg(formerr)
+		return 0, nil
+	}
+	w.WriteMsg(ret)
+	return 0, nil
+}
+
+// attempt is one try of a query at one upstream.
+type attempt struct {
+	u *upstream
+	// limit is how long the upstream has before the next attempt starts;
+	// trial attempts start the next one at once, but are judged by limit.
+	limit time.Duration
+	trial bool
+	start time.Time
+}
+
+type result struct {
+	i   int
+	ret *dns.Msg
+	err error
+}
+
+// exchange sends the query to its first upstream, to the next one when the
+// first has not answered within its limit or has failed, and so on, and
+// returns the first answer.
+func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg, error) {
+	var buf [4]attempt
+	plan := s.plan(buf[:0])
+	results := make(chan result, len(plan))
+	launched, pending := 0, 0
+	launch := func() bool {
+		if s.inFlight.Add(1) > s.maxInFlight {
+			s.inFlight.Add(-1)
+			return false
+		}
+		a := &plan[launched]
+		a.start = s.clock()
+		i := launched
+		launched++
+		pending++
+		a.u.m.requests.Inc()
+		req := state.Req.Copy()
+		go s.try(ctx, i, a, request.Request{W: state.W, Req: req}, results)
+		return true
+	}
+	if !launch() {
+		s.m.refused.Inc()
+		return nil, errLimitReached
+	}
+	// Trials start the next attempt at once.
+	for plan[launched-1].trial && launched < len(plan) && launch() {
+	}
+	timer := time.NewTimer(plan[launched-1].limit)
+	defer timer.Stop()
+	var lastErr error
+	for {
+		select {
+		case res := <-results:
+			pending--
+			if res.err == nil {
+				s.won(plan[:launched], res.i)
+				return res.ret, nil
+			}
+			lastErr = res.err
+			if errors.Is(res.err, proxy.ErrInvalidRequest) {
+				return nil, res.err
+			}
+			if launched < len(plan) && launch() {
+				resetTimer(timer, plan[launched-1].limit)
+				continue
+			}
+			if pending == 0 {
+				s.m.failed.Inc()
+				return nil, errors.Join(errNoUpstream, lastErr)
+			}
+		case <-timer.C:
+			if launched < len(plan) && launch() {
+				s.m.hedges.Inc()
+				timer.Reset(plan[launched-1].limit)
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	t.Stop()
+	t.Reset(d)
+}
+
+// try runs one attempt and reports it. A trial attempt judges its upstream
+// itself; the others are judged by exchange when an answer wins.
+func (s *Spread) try(ctx context.Context, i int, a *attempt, state request.Request, results chan<- result) {
+	defer s.inFlight.Add(-1)
+	opts := proxy.Options{ForceTCP: true}
+	var (
+		ret *dns.Msg
+		err error
+	)
+	for range 3 {
+		ret, _, _, err = a.u.p.Connect(ctx, state, opts)
+		if !errors.Is(err, proxy.ErrCachedClosed) {
+			break
+		}
+	}
+	rtt := s.clock().Sub(a.start)
+	switch {
+	case err != nil:
+		a.u.m.failures.Inc()
+		s.penalize(a.u)
+	case a.trial && rtt > a.limit:
+		s.penalize(a.u)
+	case a.trial:
+		s.healthy(a.u, rtt)
+	}
+	if a.trial {
+		a.u.trial.Store(false)
+	}
+	results <- result{i: i, ret: ret, err: err}
+}
+
+// won records that attempt i answered first: the attempts started before it
+// were slower than an upstream asked after them, and are penalized.
+func (s *Spread) won(plan []attempt, i int) {
+	w := &plan[i]
+	w.u.m.answers.Inc()
+	if i > 0 {
+		s.m.failovers.Inc()
+	}
+	if !w.trial {
+		s.healthy(w.u, s.clock().Sub(w.start))
+	}
+	for j := range i {
+		if !plan[j].trial {
+			s.penalize(plan[j].u)
+		}
+	}
+}
+
+// healthy records an answer in rtt.
+func (s *Spread) healthy(u *upstream, rtt time.Duration) {
+	old := u.srtt.Load()
+	u.srtt.Store(old + (int64(rtt)-old)/8)
+	if u.until.Load() != 0 {
+		u.until.Store(0)
+		u.backoff.Store(0)
+		u.m.penalized.Set(0)
+	}
+}
+
+// penalize takes u out of the rotation for its backoff, doubled, unless it
+// is out already. The Service is never taken out: it is the last resort.
+func (s *Spread) penalize(u *upstream) {
+	if u.service {
+		return
+	}
+	now := s.clock().UnixNano()
+	if u.until.Load() > now {
+		return
+	}
+	b := min(max(2*time.Duration(u.backoff.Load()), minBackoff), maxBackoff)
+	u.backoff.Store(int64(b))
+	u.until.Store(now + int64(b))
+	u.m.penalties.Inc()
+	u.m.penalized.Set(1)
+}
+
+// limit is how long u has to answer before the next attempt starts: four
+// times its smoothed answer time, within the hedge bounds.
+func (s *Spread) limit(u *upstream) time.Duration {
+	return min(max(4*time.Duration(u.srtt.Load()), s.hedgeMin), s.hedgeMax)
+}
+
+// plan lists the upstreams a query tries, in order, at most s.attempts: a
+// penalized endpoint whose penalty is over, if this query is the one to try
+// it again (alongside the next); the healthy endpoints, from the next in
+// the rotation; the penalized ones, the soonest back first; the Service.
+func (s *Spread) plan(out []attempt) []attempt {
+	var eps []*upstream
+	if p := s.endpoints.Load(); p != nil {
+		eps = *p
+	}
+	now := s.clock().UnixNano()
+	n := len(eps)
+	start := 0
+	if n > 0 {
+		start = int(s.rr.Add(1) % uint32(n))
+	}
+	for i := 0; i < n && len(out) == 0; i++ {
+		u := eps[(start+i)%n]
+		if until := u.until.Load(); until != 0 && until <= now && u.trial.CompareAndSwap(false, true) {
+			out = append(out, attempt{u: u, limit: s.limit(u), trial: true})
+		}
+	}
+	for i := 0; i < n && len(out) < s.attempts; i++ {
+		if u := eps[(start+i)%n]; u.until.Load() == 0 {
+			out = append(out, attempt{u: u, limit: s.limit(u)})
+		}
+	}
+	if len(out) < s.attempts {
+		var penalized [8]*upstream
+		p := penalized[:0]
+		for _, u := range eps {
+			if u.until.Load() != 0 && !(len(out) > 0 && out[0].u == u) {
+				p = append(p, u)
+			}
+		}
+		slices.SortFunc(p, func(a, b *upstream) int { return int(a.until.Load() - b.until.Load()) })
+		for _, u := range p {
+			if len(out) == s.attempts {
+				break
+			}
+			out = append(out, attempt{u: u, limit: s.limit(u)})
+		}
+	}
+	// The Service, once at least, then again (another connection, which
+	// kube-proxy may send to another endpoint) while nothing else is known.
+	for i := 0; len(out) < s.attempts && (i == 0 || n == 0); i++ {
+		u := s.service[int(s.rr.Load()+uint32(i))%len(s.service)]
+		out = append(out, attempt{u: u, limit: s.limit(u)})
+	}
+	return out
+}
+
+// newUpstream is an upstream at addr with the plugin's connection options.
+func (s *Spread) newUpstream(addr string, service bool) *upstream {
+	p := proxy.NewProxy(pluginName, addr, "dns")
+	p.SetReadTimeout(s.readTimeout)
+	p.SetExpire(s.expire)
+	u := &upstream{addr: addr, p: p, service: service}
+	return u
+}
+
+// start starts u's connection manager.
+func (s *Spread) start(u *upstream) {
+	u.m = s.m.upstream(u.addr, u.service)
+	u.p.Start(time.Second)
+}
+
+// stopUpstream closes u's connections now rather than when it is collected.
+func stopUpstream(u *upstream) {
+	u.p.Stop()
+	stopTransport(u.p)
+}
+
+// fakeWriter is the ResponseWriter of the plugin's own queries (the
+// endpoints' lookup): a TCP client, so that the answer's size is not capped.
+type fakeWriter struct{ dns.ResponseWriter }
+
+var tcpAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}
+
+func (fakeWriter) RemoteAddr() net.Addr { return tcpAddr }
+func (fakeWriter) LocalAddr() net.Addr  { return tcpAddr }

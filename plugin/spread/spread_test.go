@@ -1,0 +1,398 @@
+package spread
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
+	"github.com/coredns/coredns/plugin/test"
+	"github.com/miekg/dns"
+)
+
+// kubeDNS is one fake kube-dns endpoint on loopback, over TCP: it answers
+// every A query with its own address, and the endpoints' name with the
+// addresses it is given; it can be made slow or silent.
+type kubeDNS struct {
+	addr    string
+	srv     *dns.Server
+	delay   atomic.Int64 // ns before answering
+	silent  atomic.Bool  // reads and never answers
+	queries atomic.Int64
+	names   *endpointList
+}
+
+type endpointList struct {
+	mu    sync.Mutex
+	addrs []string
+	rcode int
+}
+
+func (l *endpointList) set(rcode int, addrs ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rcode, l.addrs = rcode, addrs
+}
+
+const epName = "endpoints.kube-system.svc.cluster.local."
+
+func startKubeDNS(t *testing.T, names *endpointList) *kubeDNS {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &kubeDNS{addr: ln.Addr().String(), names: names}
+	k.srv = &dns.Server{Listener: ln, Net: "tcp", Handler: dns.HandlerFunc(k.serve)}
+	go k.srv.ActivateAndServe()
+	t.Cleanup(func() { k.srv.Shutdown() })
+	return k
+}
+
+func (k *kubeDNS) serve(w dns.ResponseWriter, r *dns.Msg) {
+	if k.silent.Load() {
+		return
+	}
+	if q := r.Question[0]; q.Name == epName {
+		k.names.mu.Lock()
+		m := new(dns.Msg)
+		m.SetRcode(r, k.names.rcode)
+		for _, a := range k.names.addrs {
+			host, _, _ := net.SplitHostPort(a)
+			rr, _ := dns.NewRR(fmt.Sprintf("%s 5 IN A %s", epName, host))
+			m.Answer = append(m.Answer, rr)
+		}
+		k.names.mu.Unlock()
+		w.WriteMsg(m)
+		return
+	}
+	k.queries.Add(1)
+	if d := time.Duration(k.delay.Load()); d > 0 {
+		time.Sleep(d)
+	}
+	m := new(dns.Msg)
+	m.SetReply(r)
+	rr, _ := dns.NewRR(r.Question[0].Name + " 5 IN TXT " + k.addr)
+	m.Answer = append(m.Answer, rr)
+	w.WriteMsg(m)
+}
+
+// newSpread parses the block and starts the plugin as CoreDNS would.
+func newSpread(t *testing.T, block string) *Spread {
+	t.Helper()
+	s, err := parse(caddy.NewTestController("dns", block))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.log = func(string, ...any) {}
+	s.startup(t.Name())
+	t.Cleanup(s.shutdown)
+	return s
+}
+
+// query sends one query through the plugin and returns who answered.
+func query(t *testing.T, s *Spread, name string) (string, time.Duration, error) {
+	t.Helper()
+	r := new(dns.Msg)
+	r.SetQuestion(name, dns.TypeTXT)
+	w := dnstest.NewRecorder(&test.ResponseWriter{TCP: true})
+	start := time.Now()
+	_, err := s.ServeDNS(context.Background(), w, r)
+	took := time.Since(start)
+	if err != nil {
+		return "", took, err
+	}
+	if w.Msg == nil || len(w.Msg.Answer) != 1 {
+		return "", took, fmt.Errorf("answer %v", w.Msg)
+	}
+	return w.Msg.Answer[0].(*dns.TXT).Txt[0], took, nil
+}
+
+func waitEndpoints(t *testing.T, s *Spread, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s.current()) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d endpoints known, want %d", len(s.current()), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// cluster is a Service (its own fake server, standing for the ClusterIP)
+// and n endpoints the endpoints' name lists.
+func cluster(t *testing.T, n int) (*kubeDNS, []*kubeDNS, *endpointList) {
+	names := &endpointList{}
+	svc := startKubeDNS(t, names)
+	var eps []*kubeDNS
+	var addrs []string
+	for range n {
+		k := startKubeDNS(t, names)
+		eps = append(eps, k)
+		addrs = append(addrs, k.addr)
+	}
+	names.set(dns.RcodeSuccess, addrs...)
+	return svc, eps, names
+}
+
+func block(svc *kubeDNS, port string, extra string) string {
+	return fmt.Sprintf("spread . %s {\n endpoints %s %s\n refresh 1s\n%s}", svc.addr, epName, port, extra)
+}
+
+func TestSpreadEvenly(t *testing.T) {
+	svc, eps, _ := cluster(t, 3)
+	// Every fake endpoint listens on its own port; the name's records give
+	// the address and the block's port: one port each is not expressible, so
+	// the endpoints are set directly after the first lookup shows it works.
+	s := newSpread(t, block(svc, portOf(eps[0].addr), ""))
+	waitEndpoints(t, s, 1)
+	s.setEndpoints([]string{eps[0].addr, eps[1].addr, eps[2].addr})
+	shares := map[string]int{}
+	const n = 300
+	for i := range n {
+		who, _, err := query(t, s, fmt.Sprintf("q%d.example.", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		shares[who]++
+	}
+	for _, e := range eps {
+		if got := shares[e.addr]; got < n*30/100 || got > n*36/100 {
+			t.Errorf("endpoint %s answered %d of %d queries, want a third (%v)", e.addr, got, n, shares)
+		}
+	}
+	if svc.queries.Load() != 0 {
+		t.Errorf("the Service got %d queries while the endpoints were known", svc.queries.Load())
+	}
+}
+
+func portOf(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+// TestFailover: one endpoint of three stops answering (its node is gone)
+// or answers late; every query is still answered, within the hedge bound.
+func TestFailover(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		break_ func(k *kubeDNS)
+	}{
+		{"silent", func(k *kubeDNS) { k.silent.Store(true) }},
+		{"slow", func(k *kubeDNS) { k.delay.Store(int64(1500 * time.Millisecond)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc, eps, _ := cluster(t, 3)
+			s := newSpread(t, block(svc, portOf(eps[0].addr), " refresh 1h\n"))
+			waitEndpoints(t, s, 1)
+			s.setEndpoints([]string{eps[0].addr, eps[1].addr, eps[2].addr})
+			for i := range 30 { // warm: connections open, answer times known
+				if _, _, err := query(t, s, fmt.Sprintf("warm%d.example.", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tc.break_(eps[1])
+			var slow, bad int
+			var worst time.Duration
+			const n = 400
+			for i := range n {
+				who, took, err := query(t, s, fmt.Sprintf("q%d.example.", i))
+				if err != nil {
+					t.Fatalf("query %d: %v", i, err)
+				}
+				if who == eps[1].addr {
+					bad++
+				}
+				if took > 150*time.Millisecond {
+					slow++
+				}
+				worst = max(worst, took)
+				time.Sleep(5 * time.Millisecond)
+			}
+			// 400 queries over about 2.5 s: the broken endpoint is tried
+			// first once, then once a penalty (1 s, 2 s) ends, alongside
+			// another: at most the first few wait for the hedge.
+			if slow > 3 {
+				t.Errorf("%d of %d queries took over 150 ms (worst %s)", slow, n, worst)
+			}
+			if worst > 700*time.Millisecond {
+				t.Errorf("the slowest query took %s", worst)
+			}
+			if bad != 0 {
+				t.Errorf("%d answers came from the broken endpoint", bad)
+			}
+			if s.known[eps[1].addr].until.Load() == 0 {
+				t.Error("the broken endpoint is not penalized")
+			}
+			// It answers again: it is back in the rotation once its
+			// penalty is over and a trial query finds it answering.
+			eps[1].silent.Store(false)
+			eps[1].delay.Store(0)
+			deadline := time.Now().Add(6 * time.Second)
+			for s.known[eps[1].addr].until.Load() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the endpoint did not come back into the rotation")
+				}
+				if _, _, err := query(t, s, "again.example."); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestServiceOnly: without a name, with a name that does not exist and
+// with every endpoint gone, the queries go to the Service.
+func TestServiceOnly(t *testing.T) {
+	t.Run("no-name", func(t *testing.T) {
+		svc, _, _ := cluster(t, 0)
+		s := newSpread(t, fmt.Sprintf("spread . %s", svc.addr))
+		if who, _, err := query(t, s, "a.example."); err != nil || who != svc.addr {
+			t.Fatalf("answered by %q (%v), want the Service %s", who, err, svc.addr)
+		}
+	})
+	t.Run("nxdomain", func(t *testing.T) {
+		svc, eps, names := cluster(t, 2)
+		s := newSpread(t, block(svc, portOf(eps[0].addr), ""))
+		waitEndpoints(t, s, 1)
+		names.set(dns.RcodeNameError)
+		s.lookup()
+		waitEndpoints(t, s, 0)
+		if who, _, err := query(t, s, "a.example."); err != nil || who != svc.addr {
+			t.Fatalf("answered by %q (%v), want the Service %s", who, err, svc.addr)
+		}
+	})
+	t.Run("endpoints-down", func(t *testing.T) {
+		svc, eps, _ := cluster(t, 2)
+		s := newSpread(t, block(svc, portOf(eps[0].addr), " refresh 1h\n"))
+		waitEndpoints(t, s, 1)
+		s.setEndpoints([]string{eps[0].addr, eps[1].addr})
+		for _, e := range eps {
+			e.srv.Shutdown()
+		}
+		for i := range 5 {
+			who, took, err := query(t, s, fmt.Sprintf("a%d.example.", i))
+			if err != nil || who != svc.addr {
+				t.Fatalf("answered by %q (%v), want the Service %s", who, err, svc.addr)
+			}
+			if took > time.Second {
+				t.Errorf("query %d took %s", i, took)
+			}
+		}
+	})
+	t.Run("lookup-fails", func(t *testing.T) {
+		svc, eps, names := cluster(t, 2)
+		s := newSpread(t, block(svc, portOf(eps[0].addr), " refresh 1h\n"))
+		waitEndpoints(t, s, 1)
+		names.set(dns.RcodeServerFailure)
+		s.lookup()
+		if got := len(s.current()); got != 1 {
+			t.Fatalf("%d endpoints after a failed lookup, want the 1 known", got)
+		}
+	})
+}
+
+func TestNoAnswer(t *testing.T) {
+	svc, _, _ := cluster(t, 0)
+	svc.silent.Store(true)
+	s := newSpread(t, fmt.Sprintf("spread . %s {\n read_timeout 200ms\n}", svc.addr))
+	start := time.Now()
+	r := new(dns.Msg)
+	r.SetQuestion("a.example.", dns.TypeA)
+	rcode, err := s.ServeDNS(context.Background(), dnstest.NewRecorder(&test.ResponseWriter{TCP: true}), r)
+	if rcode != dns.RcodeServerFailure || err == nil {
+		t.Fatalf("rcode %s, err %v; want SERVFAIL", dns.RcodeToString[rcode], err)
+	}
+	if took := time.Since(start); took > 700*time.Millisecond {
+		t.Errorf("SERVFAIL after %s, want within the attempts' staggered read timeouts", took)
+	}
+}
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		in, err string
+	}{
+		{"spread . 10.0.0.10", ""},
+		{"spread . 10.0.0.10:5353 [fd00::10]:53", ""},
+		{"spread . 10.0.0.10 {\n endpoints ep.kube-system.svc.cluster.local 53\n refresh 5s\n hedge 50ms 400ms\n attempts 2\n read_timeout 900ms\n expire 10s\n max_concurrent 100\n}", ""},
+		{"spread .", "Wrong argument count"},
+		{"spread . kube-dns", "not an IP address"},
+		{"spread . 10.0.0.10 {\n hedge 500ms 100ms\n}", "MIN <= MAX"},
+		{"spread . 10.0.0.10 {\n attempts 9\n}", "between 1 and 4"},
+		{"spread . 10.0.0.10 {\n refresh 10ms\n}", "refresh: 10ms is below 1s"},
+		{"spread . 10.0.0.10 {\n endpoints a.b 0\n}", "not a port"},
+		{"spread . 10.0.0.10 {\n max_concurrent 0\n}", "not positive"},
+		{"spread . 10.0.0.10 {\n bogus\n}", "unknown property"},
+		{"spread . 10.0.0.10\nspread . 10.0.0.11", "once per server block"},
+	} {
+		_, err := parse(caddy.NewTestController("dns", tc.in))
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%q: %v", tc.in, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%q: error %v, want %q", tc.in, err, tc.err)
+		}
+	}
+}
+
+// TestPlan: the order a query tries the upstreams in.
+func TestPlan(t *testing.T) {
+	s, err := parse(caddy.NewTestController("dns", "spread . 10.0.0.10"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.m = newServerMetrics("plan")
+	now := time.Unix(1000, 0)
+	s.clock = func() time.Time { return now }
+	mk := func(addr string, until time.Duration) *upstream {
+		u := s.newUpstream(addr, false)
+		u.m = s.m.upstream(addr, false)
+		if until != 0 {
+			u.until.Store(now.Add(until).UnixNano())
+		}
+		return u
+	}
+	for _, u := range s.service {
+		u.m = s.m.upstream(u.addr, true)
+	}
+	names := func(p []attempt) []string {
+		var out []string
+		for _, a := range p {
+			n := a.u.addr
+			if a.trial {
+				n += "(trial)"
+			}
+			out = append(out, n)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name string
+		eps  []*upstream
+		want []string
+	}{
+		{"none", nil, []string{"10.0.0.10:53", "10.0.0.10:53", "10.0.0.10:53"}},
+		{"healthy", []*upstream{mk("a", 0), mk("b", 0), mk("c", 0)}, []string{"b", "c", "a"}},
+		{"one-penalized", []*upstream{mk("a", 0), mk("b", time.Second), mk("c", 0)}, []string{"c", "a", "b"}},
+		{"penalty-over", []*upstream{mk("a", 0), mk("b", -time.Second), mk("c", 0)}, []string{"b(trial)", "c", "a"}},
+		{"all-penalized", []*upstream{mk("a", 3*time.Second), mk("b", time.Second)}, []string{"b", "a", "10.0.0.10:53"}},
+		{"one", []*upstream{mk("a", 0)}, []string{"a", "10.0.0.10:53"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.rr.Store(0)
+			eps := tc.eps
+			s.endpoints.Store(&eps)
+			if got := names(s.plan(nil)); !slices.Equal(got, tc.want) {
+				t.Errorf("plan %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
