@@ -24,6 +24,10 @@ import (
 // and through DNAT can be compared.
 const TTL = 30
 
+// EndpointsName is the chart's headless Service of kube-dns's endpoints,
+// which the agent looks up to spread its misses over them.
+var EndpointsName = "node-local-coredns-endpoints.kube-system.svc." + ClusterDomain + "."
+
 // AuthDNS is an authoritative DNS server for the cluster zone, running as one
 // kube-dns endpoint. It counts the queries it gets.
 type AuthDNS struct {
@@ -34,6 +38,8 @@ type AuthDNS struct {
 	mu      sync.Mutex
 	byName  map[string]int
 	down    atomic.Bool
+	// headless are the names of headless Services and their endpoints.
+	headless map[string][]netip.Addr
 	delay   atomic.Int64 // nanoseconds added before each answer
 	// fromPods holds when each query that came straight from a pod
 	// (through DNAT, not through the agent) arrived.
@@ -77,6 +83,18 @@ func (a *AuthDNS) QueriesFor(name string) int {
 	return a.byName[strings.ToLower(dns.Fqdn(name))]
 }
 
+// SetHeadless makes name a headless Service of the addresses: its A and
+// AAAA records, with kube-dns's TTL of 5 s. Its lookups are not counted
+// in Queries.
+func (a *AuthDNS) SetHeadless(name string, addrs []netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.headless == nil {
+		a.headless = map[string][]netip.Addr{}
+	}
+	a.headless[strings.ToLower(dns.Fqdn(name))] = slices.Clone(addrs)
+}
+
 // SetDelay adds d before every answer, standing in for the network between
 // a node and a kube-dns pod on another node (this kernel has no netem).
 func (a *AuthDNS) SetDelay(d time.Duration) { a.delay.Store(int64(d)) }
@@ -101,6 +119,25 @@ func (a *AuthDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	}
 	q := r.Question[0]
 	name := strings.ToLower(q.Name)
+	a.mu.Lock()
+	eps, headless := a.headless[name]
+	a.mu.Unlock()
+	if headless {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		for _, ip := range eps {
+			hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 5}
+			switch {
+			case q.Qtype == dns.TypeA && ip.Is4():
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: ip.AsSlice()})
+			case q.Qtype == dns.TypeAAAA && ip.Is6():
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
+			}
+		}
+		_ = w.WriteMsg(m)
+		return
+	}
 	a.queries.Add(1)
 	src, _ := netip.ParseAddrPort(w.RemoteAddr().String())
 	a.mu.Lock()
