@@ -71,6 +71,9 @@ type Options struct {
 	DualStack bool
 	// Endpoints is the number of CoreDNS endpoints (default 2).
 	Endpoints int
+	// Standby is how many of them (the last ones) run but are kept out of
+	// the EndpointSlices until RestoreEndpoint adds them.
+	Standby int
 	// Pods is the number of pod namespaces (default 2).
 	Pods int
 	// Log receives the harness's progress (default: discarded).

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -34,6 +37,7 @@ const corefile = `.:53 {
     errors
     health :8080
     ready :8181
+    prometheus :9153
     kubernetes cluster.local in-addr.arpa ip6.arpa {
         kubeconfig %s test
         pods insecure
@@ -64,6 +68,7 @@ func (c *Cluster) startCoreDNS(ctx context.Context) error {
 	}
 	for i, e := range c.Node.Endpoints {
 		d := &CoreDNS{Name: fmt.Sprintf("coredns-%d", i+1), Endpoint: e, conf: conf, binary: c.Components.CoreDNS}
+		d.removed.Store(i >= len(c.Node.Endpoints)-c.Standby)
 		c.CoreDNS = append(c.CoreDNS, d)
 		if err := d.Start(); err != nil {
 			return err
@@ -101,6 +106,62 @@ func (d *CoreDNS) WaitReady(ctx context.Context) error {
 		_, err := nodesim.Get(ctx, d.Endpoint.NS, "http://127.0.0.1:8181/ready")
 		return err
 	})
+}
+
+// Requests is CoreDNS's count of the queries it was sent (its prometheus
+// plugin's coredns_dns_requests_total).
+func (d *CoreDNS) Requests(ctx context.Context) (float64, error) {
+	return nodesim.Metric(ctx, d.Endpoint.NS, "http://127.0.0.1:9153/metrics", "coredns_dns_requests_total")
+}
+
+// SetSilent makes the endpoint's namespace drop every packet it receives
+// (true), as when its node is gone but it is still listed, or take the
+// drop away.
+func (d *CoreDNS) SetSilent(ctx context.Context, silent bool) error {
+	args := []string{"netns", "exec", d.Endpoint.NS, "nft", "add table inet silent; add chain inet silent input { type filter hook input priority 0; policy drop; }"}
+	if !silent {
+		args[len(args)-1] = "delete table inet silent"
+	}
+	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: nft: %w: %s", d.Name, err, out)
+	}
+	return nil
+}
+
+// Overload stalls CoreDNS for stall at a time, with a moment to run in
+// between (SIGSTOP, SIGCONT after stall, SIGSTOP 10 ms later), as a
+// CoreDNS starved of CPU answers in bursts: a query waits up to stall.
+// The returned function ends it, leaving CoreDNS running; it ends by itself
+// after at most limit.
+func (d *CoreDNS) Overload(stall, limit time.Duration) (end func()) {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		defer d.proc.Signal(syscall.SIGCONT) //nolint:errcheck // it may have exited
+		deadline := time.After(limit)
+		for {
+			if err := d.proc.Signal(syscall.SIGSTOP); err != nil {
+				return
+			}
+			select {
+			case <-done:
+				return
+			case <-deadline:
+				return
+			case <-time.After(stall):
+			}
+			if err := d.proc.Signal(syscall.SIGCONT); err != nil {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(done) })
+		<-stopped
+	}
 }
 
 // Output is what CoreDNS logged.

@@ -263,7 +263,12 @@ var clusterScenarios = []struct {
 	{"sigkill", scenarioSIGKILL},
 	{"rolling-upgrade", scenarioRollingUpgrade},
 	{"graceful-stop", scenarioGracefulStop},
-	{"kube-dns-endpoints", scenarioEndpoints},
+	// A bad kube-dns endpoint (cluster_upstream_test.go).
+	{"misses-spread", scenarioMissesSpread},
+	{"endpoint-silent", scenarioEndpointSilent},
+	{"endpoint-overloaded", scenarioEndpointOverloaded},
+	{"endpoints-rolling-restart", scenarioEndpointsRollingRestart},
+	{"endpoint-added", scenarioEndpointAdded},
 	{"static-image", scenarioStaticImage},
 	{"mode-detection", scenarioModeDetection},
 }
@@ -714,60 +719,6 @@ func scenarioGracefulStop(t *testing.T, s *suite) {
 	}
 	s.pod = s.startPod(s.t)
 	s.assertBackOnAgent(t)
-}
-
-// Cache misses keep being answered while a kube-dns endpoint is taken out
-// of its EndpointSlice and put back, and while a CoreDNS endpoint restarts.
-func scenarioEndpoints(t *testing.T, s *suite) {
-	ctx := t.Context()
-	var restartEnd time.Time
-	rep := s.podLoad(t, 12*time.Second, 2,
-		fault{at: 1 * time.Second, do: func(t *testing.T) {
-			if err := s.c.RemoveEndpoint(ctx, 0); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		fault{at: 4 * time.Second, do: func(t *testing.T) {
-			if err := s.c.RestoreEndpoint(ctx, 0); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		fault{at: 6 * time.Second, do: func(t *testing.T) {
-			d := s.c.CoreDNS[1]
-			if err := d.Stop(); err != nil {
-				t.Fatal(err)
-			}
-			if err := d.Start(); err != nil {
-				t.Fatal(err)
-			}
-			if err := d.WaitReady(ctx); err != nil {
-				t.Fatal(err)
-			}
-			restartEnd = time.Now()
-		}})
-	var misses, failed, lateFailed int
-	for _, o := range rep.Outcomes {
-		if !strings.HasPrefix(o.Name, "miss-") {
-			continue
-		}
-		misses++
-		if o.Kind != nodesim.OK {
-			failed++
-			if o.Start.After(restartEnd.Add(time.Second)) {
-				lateFailed++
-			}
-		}
-	}
-	t.Logf("misses: %d, failed: %d (%v)", misses, failed, rep.FailuresByKind())
-	if misses == 0 {
-		t.Fatal("the load asked no new names")
-	}
-	if failed*100 > misses {
-		t.Errorf("%d of %d misses failed, want at most 1%%", failed, misses)
-	}
-	if lateFailed != 0 {
-		t.Errorf("%d misses failed more than 1 s after the restarted endpoint was ready", lateFailed)
-	}
 }
 
 // Without NET_RAW the agent cannot read iptables-legacy tables. On a legacy

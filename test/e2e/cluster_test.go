@@ -233,7 +233,7 @@ func TestCluster(t *testing.T) {
 	env := setupClusterEnv(t)
 	for _, mode := range cluster.Modes {
 		t.Run(mode, func(t *testing.T) {
-			s := newSuite(t, env, cluster.Options{Mode: mode, DualStack: mode == cluster.Nftables})
+			s := newSuite(t, env, cluster.Options{Mode: mode, DualStack: mode == cluster.Nftables, Endpoints: clusterEndpoints + 1, Standby: 1})
 			for _, sc := range clusterScenarios {
 				if !t.Run(sc.name, func(t *testing.T) { sc.run(t, s) }) {
 					// Later scenarios start from the state an earlier

@@ -40,7 +40,7 @@ type AuthDNS struct {
 	down    atomic.Bool
 	// headless are the names of headless Services and their endpoints.
 	headless map[string][]netip.Addr
-	delay   atomic.Int64 // nanoseconds added before each answer
+	delay    atomic.Int64 // nanoseconds added before each answer
 	// fromPods holds when each query that came straight from a pod
 	// (through DNAT, not through the agent) arrived.
 	fromPods []time.Time

@@ -84,6 +84,18 @@ func (r *Report) Failed() []Outcome {
 	return out
 }
 
+// Only is the report of the outcomes keep keeps (the misses, say).
+func (r *Report) Only(keep func(Outcome) bool) *Report {
+	out := *r
+	out.Outcomes = nil
+	for _, o := range r.Outcomes {
+		if keep(o) {
+			out.Outcomes = append(out.Outcomes, o)
+		}
+	}
+	return &out
+}
+
 // FailuresByKind counts failures per kind.
 func (r *Report) FailuresByKind() map[string]int {
 	m := map[string]int{}
