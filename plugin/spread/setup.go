@@ -58,11 +58,11 @@ func (s *Spread) startup(server string) {
 	for _, u := range s.service {
 		s.start(u)
 	}
-	s.m.endpoints.Set(0)
 	if s.name == "" {
 		close(s.done)
 		return
 	}
+	s.m.endpoints.Set(0)
 	go s.discover()
 }
 

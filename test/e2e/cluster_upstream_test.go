@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -57,6 +58,10 @@ func (s *suite) endpointAnswers(t *testing.T) map[string]float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sumByTo(series)
+}
+
+func sumByTo(series []nodesim.Sample) map[string]float64 {
 	out := map[string]float64{}
 	for _, sm := range series {
 		out[sm.Labels["to"]] += sm.Value
@@ -64,23 +69,34 @@ func (s *suite) endpointAnswers(t *testing.T) map[string]float64 {
 	return out
 }
 
-// answerShares is the share of the answers each upstream gave between two
-// readings of endpointAnswers (a series that restarted counts from 0).
-func answerShares(before, after map[string]float64) map[string]float64 {
-	delta := map[string]float64{}
-	var total float64
-	for k, v := range after {
-		d := v - before[k]
+// answerCounter follows the agent's answers per upstream while a load
+// runs, reading them every 500 ms: a series that went away with its
+// endpoint and came back counts on from where it was.
+type answerCounter struct {
+	last, total map[string]float64
+}
+
+func (c *answerCounter) read(now map[string]float64) {
+	for k, v := range now {
+		d := v - c.last[k]
 		if d < 0 {
 			d = v
 		}
-		delta[k] = d
-		total += d
+		c.total[k] += d
 	}
-	for k := range delta {
-		delta[k] /= max(total, 1)
+	c.last = now
+}
+
+func (c *answerCounter) shares() map[string]float64 {
+	var sum float64
+	for _, v := range c.total {
+		sum += v
 	}
-	return delta
+	out := map[string]float64{}
+	for k, v := range c.total {
+		out[k] = v / max(sum, 1)
+	}
+	return out
 }
 
 func formatShares(shares map[string]float64) string {
@@ -95,9 +111,27 @@ func formatShares(shares map[string]float64) string {
 // checks the misses' bounds.
 func (s *suite) upstreamLoad(t *testing.T, d time.Duration, faults ...fault) *nodesim.Report {
 	t.Helper()
-	before := s.endpointAnswers(t)
+	c := &answerCounter{last: s.endpointAnswers(t), total: map[string]float64{}}
+	done := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			if now, err := nodesim.MetricSeries(context.Background(), s.c.Node.NS, agentMetrics, "coredns_spread_answers_total"); err == nil {
+				c.read(sumByTo(now))
+			}
+		}
+	}()
 	rep := s.podLoad(t, d, 2, faults...)
-	checkMisses(t, s, rep, answerShares(before, s.endpointAnswers(t)))
+	close(done)
+	<-sampled
+	c.read(s.endpointAnswers(t))
+	checkMisses(t, s, rep, c.shares())
 	return rep
 }
 
