@@ -300,14 +300,17 @@ func (s *Spread) plan(out []attempt) []attempt {
 	if n > 0 {
 		start = int(s.rr.Add(1) % uint32(n))
 	}
-	for i := 0; i < n && len(out) == 0; i++ {
+	// A trial needs a second try beside it; with one try per query, an
+	// endpoint whose penalty is over is simply back in the rotation.
+	for i := 0; i < n && len(out) == 0 && s.attempts > 1; i++ {
 		u := eps[(start+i)%n]
 		if until := u.until.Load(); until != 0 && until <= now && u.trial.CompareAndSwap(false, true) {
 			out = append(out, attempt{u: u, limit: s.limit(u), trial: true})
 		}
 	}
 	for i := 0; i < n && len(out) < s.attempts; i++ {
-		if u := eps[(start+i)%n]; u.until.Load() == 0 {
+		u := eps[(start+i)%n]
+		if until := u.until.Load(); until == 0 || s.attempts == 1 && until <= now {
 			out = append(out, attempt{u: u, limit: s.limit(u)})
 		}
 	}
@@ -315,7 +318,7 @@ func (s *Spread) plan(out []attempt) []attempt {
 		var penalized [8]*upstream
 		p := penalized[:0]
 		for _, u := range eps {
-			if u.until.Load() != 0 && !(len(out) > 0 && out[0].u == u) {
+			if u.until.Load() != 0 && !slices.ContainsFunc(out, func(a attempt) bool { return a.u == u }) {
 				p = append(p, u)
 			}
 		}

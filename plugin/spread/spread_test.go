@@ -385,9 +385,15 @@ func TestPlan(t *testing.T) {
 		{"penalty-over", []*upstream{mk("a", 0), mk("b", -time.Second), mk("c", 0)}, []string{"b(trial)", "c", "a"}},
 		{"all-penalized", []*upstream{mk("a", 3*time.Second), mk("b", time.Second)}, []string{"b", "a", "10.0.0.10:53"}},
 		{"one", []*upstream{mk("a", 0)}, []string{"a", "10.0.0.10:53"}},
+		{"one-try-penalty-over", []*upstream{mk("a", 0), mk("b", -time.Second)}, []string{"b"}},
+		{"one-try-penalized", []*upstream{mk("a", time.Second), mk("b", 2 * time.Second)}, []string{"a"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s.rr.Store(0)
+			s.attempts = 3
+			if strings.HasPrefix(tc.name, "one-try") {
+				s.attempts = 1
+			}
 			eps := tc.eps
 			s.endpoints.Store(&eps)
 			if got := names(s.plan(nil)); !slices.Equal(got, tc.want) {
