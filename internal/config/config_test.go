@@ -270,3 +270,35 @@ func TestSized(t *testing.T) {
 		t.Errorf("given capacities changed: %d, %d", got.SuccessCapacity, got.DenialCapacity)
 	}
 }
+
+func TestUpstreamEndpoints(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+		err  string
+	}{
+		{"default", nil, "node-local-coredns-endpoints.kube-system.svc.cluster.local", ""},
+		{"other cluster domain", []string{"--cluster-domain=k8s.example.org."}, "node-local-coredns-endpoints.kube-system.svc.k8s.example.org", ""},
+		{"explicit upstream: none", []string{"--upstream=10.0.0.11"}, "", ""},
+		{"explicit upstream and name", []string{"--upstream=10.0.0.11", "--upstream-endpoints=dns-eps.dns.svc.cluster.local."}, "dns-eps.dns.svc.cluster.local", ""},
+		{"none", []string{"--upstream-endpoints=none"}, "", ""},
+		{"not a name", []string{"--upstream-endpoints=a b"}, "", "--upstream-endpoints"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse(tc.args, podEnv, io.Discard)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one naming %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.UpstreamEndpoints != tc.want {
+				t.Errorf("endpoints name %q, want %q", c.UpstreamEndpoints, tc.want)
+			}
+		})
+	}
+}
