@@ -34,9 +34,13 @@ func (s *Spread) lookup() {
 	addrs, err := s.resolve()
 	if err != nil {
 		s.m.lookupErrors.Inc()
-		s.log("looking up the endpoints %s: %v; keeping the %d known", s.name, err, len(s.current()))
+		if !s.lookupFailing {
+			s.log("looking up the endpoints %s: %v; keeping the %d known until it answers", s.name, err, len(s.current()))
+		}
+		s.lookupFailing = true
 		return
 	}
+	s.lookupFailing = false
 	s.setEndpoints(addrs)
 }
 

@@ -64,11 +64,13 @@ type Spread struct {
 	mu    sync.Mutex
 	known map[string]*upstream
 
-	m     *serverMetrics
-	stop  chan struct{}
-	done  chan struct{}
-	log   func(format string, args ...any)
-	clock func() time.Time
+	m *serverMetrics
+	// lookupFailing is set while the endpoints' lookups fail (logged once).
+	lookupFailing bool
+	stop          chan struct{}
+	done          chan struct{}
+	log           func(format string, args ...any)
+	clock         func() time.Time
 }
 
 // upstream is one address queries go to: an endpoint or the Service.
@@ -211,7 +213,9 @@ func (s *Spread) try(ctx context.Context, i int, a *attempt, state request.Reque
 		ret *dns.Msg
 		err error
 	)
-	for range 3 {
+	// A pooled connection the endpoint closed: take the next, as forward
+	// does (the pool is finite; then a new connection is dialled).
+	for {
 		ret, _, _, err = a.u.p.Connect(ctx, state, opts)
 		if !errors.Is(err, proxy.ErrCachedClosed) {
 			break

@@ -386,7 +386,7 @@ func TestPlan(t *testing.T) {
 		{"all-penalized", []*upstream{mk("a", 3*time.Second), mk("b", time.Second)}, []string{"b", "a", "10.0.0.10:53"}},
 		{"one", []*upstream{mk("a", 0)}, []string{"a", "10.0.0.10:53"}},
 		{"one-try-penalty-over", []*upstream{mk("a", 0), mk("b", -time.Second)}, []string{"b"}},
-		{"one-try-penalized", []*upstream{mk("a", time.Second), mk("b", 2 * time.Second)}, []string{"a"}},
+		{"one-try-penalized", []*upstream{mk("a", time.Second), mk("b", 2*time.Second)}, []string{"a"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s.rr.Store(0)

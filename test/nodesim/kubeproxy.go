@@ -128,6 +128,7 @@ func (n *Node) kubeProxyRules(v6, natOnly bool) string {
 // table) and deletes the UDP conntrack entries that lead to it.
 func (n *Node) RemoveEndpoint(ctx context.Context, i int) error {
 	n.removed[i] = true
+	n.setHeadless()
 	if err := n.restoreKubeProxy(ctx, true); err != nil {
 		return err
 	}
@@ -141,7 +142,24 @@ func (n *Node) RemoveEndpoint(ctx context.Context, i int) error {
 // RestoreEndpoint puts endpoint i back into the Services' rules.
 func (n *Node) RestoreEndpoint(ctx context.Context, i int) error {
 	delete(n.removed, i)
+	n.setHeadless()
 	return n.restoreKubeProxy(ctx, true)
+}
+
+// setHeadless makes kube-dns answer the headless Service of its endpoints
+// with the endpoints not removed, as kube-dns follows the EndpointSlices.
+func (n *Node) setHeadless() {
+	var eps []netip.Addr
+	for i, e := range n.Endpoints {
+		if !n.removed[i] {
+			eps = append(eps, e.IP, e.IP6)
+		}
+	}
+	for _, e := range n.Endpoints {
+		if e.DNS != nil {
+			e.DNS.SetHeadless(EndpointsName, eps)
+		}
+	}
 }
 
 func (n *Node) installKubeProxy(ctx context.Context) error { return n.restoreKubeProxy(ctx, false) }

@@ -232,13 +232,7 @@ func New(ctx context.Context, o Options) (n *Node, err error) {
 	}
 	// kube-dns answers the headless Service of its own endpoints, as the
 	// chart creates it, with the endpoints' addresses.
-	var eps []netip.Addr
-	for _, e := range n.Endpoints {
-		eps = append(eps, e.IP, e.IP6)
-	}
-	for _, e := range n.Endpoints {
-		e.DNS.SetHeadless(EndpointsName, eps)
-	}
+	n.setHeadless()
 	if err := n.installKubeProxy(ctx); err != nil {
 		return nil, err
 	}
