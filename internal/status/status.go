@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -70,6 +72,28 @@ type Report struct {
 	FenceErr   string
 	MetricsErr string
 	RulesErr   string
+}
+
+// endpointsLine says which kube-dns endpoints the agent sends its misses
+// to, each with its share of the answers and whether it is in the rotation.
+func endpointsLine(eps map[string]Endpoint) string {
+	if len(eps) == 0 {
+		return "none known: misses go through the upstream Service (see NodeLocalCoreDNSUpstreamEndpointsUnknown in docs/operations.md)"
+	}
+	var total float64
+	for _, e := range eps {
+		total += e.Answers
+	}
+	var parts []string
+	for _, to := range slices.Sorted(maps.Keys(eps)) {
+		e := eps[to]
+		state := fmt.Sprintf("%.0f%% of answers", 100*e.Answers/max(total, 1))
+		if e.Penalized {
+			state += ", OUT of the rotation: failing or slow"
+		}
+		parts = append(parts, to+" ("+state+")")
+	}
+	return fmt.Sprintf("%d kube-dns endpoints: %s", len(eps), strings.Join(parts, ", "))
 }
 
 // Served reports whether every local IP is served by the agent.
@@ -212,6 +236,17 @@ type AgentStats struct {
 	RulesRestored, CorefileErrors, SetupErrors float64
 	// Resident memory and the Go memory limit (0: none known).
 	Resident, MemoryLimit float64
+	// SpreadKnown is set when the agent looks kube-dns's endpoints up (the
+	// spread plugin's coredns_spread_endpoints); Endpoints are the ones it
+	// knows, by address.
+	SpreadKnown bool
+	Endpoints   map[string]Endpoint
+}
+
+// Endpoint is what the agent's spread plugin says of one kube-dns endpoint.
+type Endpoint struct {
+	Answers   float64 // answers it gave first, since the agent started
+	Penalized bool    // out of the rotation now
 }
 
 // cacheStats reads the cache plugins' and the agent's metrics.
@@ -260,6 +295,36 @@ func cacheStats(ctx context.Context, addr string, timeout time.Duration) (entrie
 		SetupErrors:    sum("node_local_coredns_setup_errors_total"),
 		Resident:       sum("process_resident_memory_bytes"),
 		MemoryLimit:    sum("go_gc_gomemlimit_bytes"),
+	}
+	if _, ok := families["coredns_spread_endpoints"]; ok {
+		agent.SpreadKnown = true
+		agent.Endpoints = map[string]Endpoint{}
+		each := func(name string, fn func(to string, m *dto.Metric)) {
+			for _, m := range families[name].GetMetric() {
+				kind, to := "endpoint", ""
+				for _, l := range m.GetLabel() {
+					switch l.GetName() {
+					case "to":
+						to = l.GetValue()
+					case "kind":
+						kind = l.GetValue()
+					}
+				}
+				if to != "" && kind == "endpoint" {
+					fn(to, m)
+				}
+			}
+		}
+		each("coredns_spread_answers_total", func(to string, m *dto.Metric) {
+			e := agent.Endpoints[to]
+			e.Answers += value(m)
+			agent.Endpoints[to] = e
+		})
+		each("coredns_spread_endpoint_penalized", func(to string, m *dto.Metric) {
+			e := agent.Endpoints[to]
+			e.Penalized = e.Penalized || value(m) > 0
+			agent.Endpoints[to] = e
+		})
 	}
 	if mf, ok := families["node_local_coredns_restored_total"]; ok {
 		for _, m := range mf.GetMetric() {
@@ -324,6 +389,9 @@ func (r Report) Write(w io.Writer) {
 	}
 	fmt.Fprintf(w, "cache      %.0f entries, hit ratio %.1f%%\n", r.CacheEntries, 100*r.CacheHitRatio)
 	a := r.Agent
+	if a.SpreadKnown {
+		fmt.Fprintf(w, "endpoints  %s\n", endpointsLine(a.Endpoints))
+	}
 	fmt.Fprintf(w, "agent      rules restored %.0f times, %.0f Corefile templates refused, %.0f setup errors since it started\n", a.RulesRestored, a.CorefileErrors, a.SetupErrors)
 	limit := "no memory limit"
 	if a.MemoryLimit > 0 && a.MemoryLimit < 1<<62 {

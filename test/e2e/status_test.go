@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -36,6 +37,7 @@ func TestStatus(t *testing.T) {
 		"10.96.0.10: served by node-local-coredns", "present on nodelocaldns", "in place (nftables, accept rules in iptables-nft), gated on a bound socket",
 		"bound (1 udp, 1 tcp)", "answered by the agent", "upstream   10.96.0.11:53: answers", "hit ratio",
 		"fence      none", "agent      rules restored 0 times, 0 Corefile templates refused, 0 setup errors", "MiB resident, no memory limit",
+		fmt.Sprintf("endpoints  %d kube-dns endpoints: %s:53 (", len(n.Endpoints), n.Endpoints[0].IP),
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("healthy report lacks %q", want)
