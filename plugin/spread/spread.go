@@ -300,9 +300,10 @@ func (s *Spread) plan(out []attempt) []attempt {
 	}
 	now := s.clock().UnixNano()
 	n := len(eps)
+	r := s.rr.Add(1)
 	start := 0
 	if n > 0 {
-		start = int(s.rr.Add(1) % uint32(n))
+		start = int(r % uint32(n))
 	}
 	// A trial needs a second try beside it; with one try per query, an
 	// endpoint whose penalty is over is simply back in the rotation.
@@ -312,11 +313,18 @@ func (s *Spread) plan(out []attempt) []attempt {
 			out = append(out, attempt{u: u, limit: s.limit(u), trial: true})
 		}
 	}
-	for i := 0; i < n && len(out) < s.attempts; i++ {
-		u := eps[(start+i)%n]
+	// The healthy ones in turn among themselves, so that an endpoint out of
+	// the rotation leaves its share to all the others, not to the next.
+	var hbuf [8]*upstream
+	healthy := hbuf[:0]
+	for _, u := range eps {
 		if until := u.until.Load(); until == 0 || s.attempts == 1 && until <= now {
-			out = append(out, attempt{u: u, limit: s.limit(u)})
+			healthy = append(healthy, u)
 		}
+	}
+	for i, k := 0, len(healthy); i < k && len(out) < s.attempts; i++ {
+		u := healthy[(int(r%uint32(k))+i)%k]
+		out = append(out, attempt{u: u, limit: s.limit(u)})
 	}
 	if len(out) < s.attempts {
 		var penalized [8]*upstream

@@ -201,6 +201,7 @@ func TestFailover(t *testing.T) {
 			tc.break_(eps[1])
 			var slow, bad int
 			var worst time.Duration
+			shares := map[string]int{}
 			const n = 400
 			for i := range n {
 				who, took, err := query(t, s, fmt.Sprintf("q%d.example.", i))
@@ -210,6 +211,7 @@ func TestFailover(t *testing.T) {
 				if who == eps[1].addr {
 					bad++
 				}
+				shares[who]++
 				if took > 150*time.Millisecond {
 					slow++
 				}
@@ -227,6 +229,12 @@ func TestFailover(t *testing.T) {
 			}
 			if bad != 0 {
 				t.Errorf("%d answers came from the broken endpoint", bad)
+			}
+			// Its share goes to both others alike, not to the next one.
+			for _, e := range []*kubeDNS{eps[0], eps[2]} {
+				if got := shares[e.addr]; got < n*40/100 || got > n*60/100 {
+					t.Errorf("endpoint %s answered %d of %d queries, want about half (%v)", e.addr, got, n, shares)
+				}
 			}
 			if s.known[eps[1].addr].until.Load() == 0 {
 				t.Error("the broken endpoint is not penalized")

@@ -22,6 +22,7 @@ const (
 	missFailPermille = 1
 	missP99          = 250 * time.Millisecond
 	missSlowest      = time.Second
+	maxShare         = 0.60
 	// endpointsRefresh is how often the agent looks kube-dns's endpoints
 	// up (the built-in Corefile's spread default).
 	endpointsRefresh = 5 * time.Second
@@ -47,6 +48,13 @@ func checkMisses(t *testing.T, s *suite, rep *nodesim.Report, shares map[string]
 	}
 	if w := m.Slowest(); w >= missSlowest {
 		t.Errorf("the slowest miss took %s, want under %s", w, missSlowest)
+	}
+	// Two endpoints at least are healthy at every moment: a bad one's share
+	// goes to all the others, so none answers more than 60 %.
+	for to, share := range shares {
+		if share > maxShare {
+			t.Errorf("endpoint %s answered %.1f%% of the misses, want at most %.0f%%: %s", to, 100*share, 100*maxShare, formatShares(shares))
+		}
 	}
 }
 
