@@ -321,9 +321,10 @@ func cacheStats(ctx context.Context, addr string, timeout time.Duration) (entrie
 			agent.Endpoints[to] = e
 		})
 		each("coredns_spread_endpoint_penalized", func(to string, m *dto.Metric) {
-			e := agent.Endpoints[to]
-			e.Penalized = e.Penalized || value(m) > 0
-			agent.Endpoints[to] = e
+			if e, ok := agent.Endpoints[to]; ok { // an endpoint's, not the Service's
+				e.Penalized = e.Penalized || value(m) > 0
+				agent.Endpoints[to] = e
+			}
 		})
 	}
 	if mf, ok := families["node_local_coredns_restored_total"]; ok {

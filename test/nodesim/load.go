@@ -195,26 +195,32 @@ func (n *Node) Load(ctx context.Context, spec LoadSpec) *Report {
 	lookups := max(float64(spec.Rate)/perLookup, 1)
 	tick := time.NewTicker(time.Duration(float64(time.Second) / lookups))
 	var seq atomic.Int64
+	dispatch := func(s int) {
+		l := lookup{seq: s, proto: "udp", name: fmt.Sprintf("hit-%d.default.svc.cluster.local.", s%spec.HitNames)}
+		if len(spec.Names) > 0 {
+			l.name = spec.Names[s%len(spec.Names)]
+		}
+		if spec.MissEvery > 0 && s%spec.MissEvery == 0 {
+			l.name = fmt.Sprintf("miss-%d-%d.default.svc.cluster.local.", rep.Start.UnixNano()%1e6, s)
+		}
+		if spec.TCPEvery > 0 && s%spec.TCPEvery == 1%spec.TCPEvery {
+			l.proto = "tcp"
+		}
+		select {
+		case jobs[s%len(jobs)] <- l:
+		default: // every worker busy and the queue full: skip, do not pile up
+		}
+	}
 loop:
 	for {
 		select {
 		case <-ctx.Done():
 			break loop
-		case <-tick.C:
-			s := int(seq.Add(1))
-			l := lookup{seq: s, proto: "udp", name: fmt.Sprintf("hit-%d.default.svc.cluster.local.", s%spec.HitNames)}
-			if len(spec.Names) > 0 {
-				l.name = spec.Names[s%len(spec.Names)]
-			}
-			if spec.MissEvery > 0 && s%spec.MissEvery == 0 {
-				l.name = fmt.Sprintf("miss-%d-%d.default.svc.cluster.local.", rep.Start.UnixNano()%1e6, s)
-			}
-			if spec.TCPEvery > 0 && s%spec.TCPEvery == 1%spec.TCPEvery {
-				l.proto = "tcp"
-			}
-			select {
-			case jobs[s%len(jobs)] <- l:
-			default: // every worker busy and the queue full: skip, do not pile up
+		case now := <-tick.C:
+			// Catch up on the ticks a busy machine dropped: the rate holds.
+			due := int64(now.Sub(rep.Start).Seconds() * lookups)
+			for seq.Load() < due {
+				dispatch(int(seq.Add(1)))
 			}
 		}
 	}
