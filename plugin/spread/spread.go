@@ -159,6 +159,9 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 		return true
 	}
 	if !launch() {
+		if plan[0].trial { // not tried: the next query may
+			plan[0].u.trial.Store(false)
+		}
 		s.m.refused.Inc()
 		return nil, errLimitReached
 	}
