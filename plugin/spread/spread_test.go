@@ -410,3 +410,25 @@ func TestPlan(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusedTrialReleased: a query refused at max_concurrent that would
+// have tried a penalized endpoint leaves the trial to the next query.
+func TestRefusedTrialReleased(t *testing.T) {
+	svc, eps, _ := cluster(t, 2)
+	s := newSpread(t, block(svc, portOf(eps[0].addr), " refresh 1h\n max_concurrent 1\n"))
+	waitEndpoints(t, s, 1)
+	s.setEndpoints([]string{eps[0].addr, eps[1].addr})
+	for _, u := range s.current() {
+		u.until.Store(time.Now().Add(-time.Second).UnixNano()) // penalties over
+	}
+	s.inFlight.Store(1) // max_concurrent reached
+	if _, _, err := query(t, s, "refused.example."); err == nil || !strings.Contains(err.Error(), "too many") {
+		t.Fatalf("error %v, want the limit", err)
+	}
+	for _, u := range s.current() {
+		if u.trial.Load() {
+			t.Errorf("endpoint %s still holds a trial no query runs", u.addr)
+		}
+	}
+	s.inFlight.Store(0)
+}
