@@ -101,7 +101,7 @@ func (s *Spread) setEndpoints(addrs []string) {
 		keep[a] = u
 		next = append(next, u)
 	}
-	if len(next) != len(s.known) || len(keep) != len(s.known) || !sameKeys(keep, s.known) {
+	if len(keep) != len(s.known) || !sameKeys(keep, s.known) {
 		s.log("kube-dns endpoints: %d %v", len(addrs), addrs)
 	}
 	s.endpoints.Store(&next)

@@ -1,11 +1,9 @@
 package spread
 
 import (
-	"runtime"
 	"sync"
 
 	"github.com/coredns/coredns/plugin"
-	"github.com/coredns/coredns/plugin/pkg/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -116,12 +114,4 @@ func (m *serverMetrics) forget(addr string) {
 	failures.DeleteLabelValues(m.server, addr, k)
 	penalties.DeleteLabelValues(m.server, addr)
 	penalized.DeleteLabelValues(m.server, addr)
-}
-
-// stopTransport closes the proxy's connections now. The proxy's finalizer
-// would close them when it is collected; it is cleared, as the transport
-// can be stopped once only.
-func stopTransport(p *proxy.Proxy) {
-	runtime.SetFinalizer(p, nil)
-	p.GetTransport().Stop()
 }

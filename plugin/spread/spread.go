@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -373,6 +374,14 @@ func (s *Spread) start(u *upstream) {
 func stopUpstream(u *upstream) {
 	u.p.Stop()
 	stopTransport(u.p)
+}
+
+// stopTransport closes the proxy's connections now. The proxy's finalizer
+// would close them when it is collected; it is cleared, as the transport
+// can be stopped once only.
+func stopTransport(p *proxy.Proxy) {
+	runtime.SetFinalizer(p, nil)
+	p.GetTransport().Stop()
 }
 
 // fakeWriter is the ResponseWriter of the plugin's own queries (the
