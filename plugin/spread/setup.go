@@ -54,6 +54,7 @@ func setup(c *caddy.Controller) error {
 
 // startup starts the Service's connections and the endpoints' lookup.
 func (s *Spread) startup(server string) {
+	s.started.Store(true)
 	s.m = newServerMetrics(server)
 	for _, u := range s.service {
 		s.start(u)
@@ -68,6 +69,9 @@ func (s *Spread) startup(server string) {
 
 // shutdown stops the lookup and closes every connection.
 func (s *Spread) shutdown() {
+	if !s.started.Load() { // an instance that never started (a failed reload)
+		return
+	}
 	close(s.stop)
 	<-s.done
 	s.mu.Lock()

@@ -68,6 +68,7 @@ type Spread struct {
 	m *serverMetrics
 	// lookupFailing is set while the endpoints' lookups fail (logged once).
 	lookupFailing bool
+	started       atomic.Bool
 	stop          chan struct{}
 	done          chan struct{}
 	log           func(format string, args ...any)

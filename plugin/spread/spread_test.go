@@ -432,3 +432,19 @@ func TestRefusedTrialReleased(t *testing.T) {
 	}
 	s.inFlight.Store(0)
 }
+
+// TestShutdownWithoutStartup: an instance CoreDNS set up but never started
+// (a reload that failed) shuts down at once.
+func TestShutdownWithoutStartup(t *testing.T) {
+	s, err := parse(caddy.NewTestController("dns", "spread . 10.0.0.10 {\n endpoints a.example\n}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { s.shutdown(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown of an instance never started hangs")
+	}
+}
