@@ -374,3 +374,26 @@ func TestCapabilitiesByNetfilterBackend(t *testing.T) {
 		})
 	}
 }
+
+// upstreamEndpoints (on by default) creates the headless Service of
+// kube-dns's endpoints; off, there is none and the agent is told so.
+func TestUpstreamEndpointsValue(t *testing.T) {
+	for _, tc := range []struct {
+		on   bool
+		arg  bool
+		svcs int
+	}{{true, false, 1}, {false, true, 0}} {
+		objs := objects(t, joined(renderHelm(t, map[string]any{"upstreamEndpoints": tc.on})))
+		svc, ok := objs["Service/node-local-coredns-endpoints"].(*corev1.Service)
+		if got := map[bool]int{true: 1}[ok]; got != tc.svcs {
+			t.Errorf("upstreamEndpoints %v: %d headless Services, want %d", tc.on, got, tc.svcs)
+		}
+		if ok && (svc.Spec.ClusterIP != corev1.ClusterIPNone || svc.Spec.Selector["k8s-app"] != "kube-dns") {
+			t.Errorf("the endpoints Service is not headless with kube-dns's selector: %+v", svc.Spec)
+		}
+		args := objs["DaemonSet/node-local-coredns"].(*appsv1.DaemonSet).Spec.Template.Spec.Containers[0].Args
+		if got := slices.Contains(args, "--upstream-endpoints=none"); got != tc.arg {
+			t.Errorf("upstreamEndpoints %v: --upstream-endpoints=none in the args %v, want %v", tc.on, got, tc.arg)
+		}
+	}
+}
