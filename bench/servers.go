@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,6 +40,22 @@ func benchCorefile() (string, error) {
 		return "", fmt.Errorf("the built-in Corefile has no %q to raise to %d s", strings.TrimSpace(cap30), benchMaxTTL)
 	}
 	return strings.ReplaceAll(corefile.Default, cap30, fmt.Sprintf("success {{ .SuccessCapacity }} %d\n", benchMaxTTL)), nil
+}
+
+// spreadBlock is a spread block of the built-in Corefile, whose
+// max_concurrent spreadToForward keeps.
+var spreadBlock = regexp.MustCompile(`(?s)spread \. (\S+) \{[^}]*?max_concurrent (\d+)\s*\}`)
+
+// spreadToForward puts CoreDNS's forward, as the built-in Corefile had it
+// before spread (over TCP, the same timeout and cap), in the place of each
+// spread block, which stock CoreDNS does not have. With one upstream
+// address and no endpoints, spread sends every miss to it over TCP as
+// forward does.
+func spreadToForward(text string) (string, error) {
+	if !spreadBlock.MatchString(text) {
+		return "", fmt.Errorf("the built-in Corefile has no spread block to replace with forward")
+	}
+	return spreadBlock.ReplaceAllString(text, "forward . $1 {\n        force_tcp\n        read_timeout 900ms\n        max_connect_attempts 2\n        max_concurrent $2\n    }"), nil
 }
 
 // server is one DNS server under test.
@@ -87,6 +104,9 @@ func servers(bin string) []*server {
 				return nil, err
 			}
 			text = strings.ReplaceAll(text, "    fastcache {", "    cache {")
+			if text, err = spreadToForward(text); err != nil {
+				return nil, err
+			}
 			path := filepath.Join(dir, "Corefile")
 			if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 				return nil, err
