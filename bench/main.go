@@ -33,6 +33,7 @@ const (
 	figLatency = "latency" // p50/p99 at 10k queries/s
 	figMemory  = "memory"  // RSS idle, with 10k and 100k names
 	figMiss    = "miss"    // CPU per cache miss
+	figPods    = "pods"    // pod traffic: a node's pods through each server
 	figNode    = "node"    // the simulated node: agent against DNAT
 	figGo      = "go"      // the Go benchmarks of the serving hot path
 )
@@ -54,7 +55,7 @@ func (o options) want(fig string) bool { return len(o.only) == 0 || o.only[fig] 
 
 func main() {
 	var o options
-	only := flag.String("only", "", "comma-separated figures: cpu,max,latency,memory,miss,node,go (default: all)")
+	only := flag.String("only", "", "comma-separated figures: cpu,miss,pods,max,latency,memory,node,go (default: all)")
 	flag.IntVar(&o.reps, "reps", 5, "repetitions of every measurement, servers interleaved")
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of one load run")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "the report to write (empty: print only)")
@@ -115,9 +116,14 @@ func run(ctx context.Context, o options) error {
 	res := newResults()
 	start := time.Now()
 	srvs := servers(o.bin)
-	if o.want(figCPU) {
+	if o.want(figCPU) || o.want(figMiss) {
 		if err := measureCPU(ctx, o, srvs, work, hits10k, res); err != nil {
-			return fmt.Errorf("CPU per cache hit: %w", err)
+			return fmt.Errorf("CPU per cache hit and miss: %w", err)
+		}
+	}
+	if o.want(figPods) {
+		if err := measurePods(ctx, o, work, res); err != nil {
+			return fmt.Errorf("pod traffic: %w", err)
 		}
 	}
 	for rep := 1; rep <= o.reps && ctx.Err() == nil; rep++ {
@@ -164,7 +170,7 @@ func run(ctx context.Context, o options) error {
 }
 
 func anyServerFigure(o options) bool {
-	return o.want(figMax) || o.want(figLatency) || o.want(figMemory) || o.want(figMiss)
+	return o.want(figMax) || o.want(figLatency) || o.want(figMemory)
 }
 
 // pinSelf keeps the harness (dnsperf's parent and the upstream) on cpu.
@@ -250,20 +256,6 @@ func measureServer(ctx context.Context, o options, s *server, work string, rep i
 		}
 		res.add(s.name, "highest rate under 0.1% loss (queries/s)", best)
 	}
-	if o.want(figMiss) {
-		misses, err := nameFile(dir, "misses", 20000, fmt.Sprintf("miss%d", rep))
-		if err != nil {
-			return err
-		}
-		before := s.cpu()
-		p, err := dnsperf(ctx, s.port, misses, 2000, o.duration/2, 1, false)
-		if err != nil {
-			return err
-		}
-		if p.completed > 0 {
-			res.add(s.name, "CPU per cache miss (µs)", float64((s.cpu()-before).Microseconds())/p.completed)
-		}
-	}
 	if o.want(figMemory) {
 		base := s.rss()
 		// At 10,000/s: every one is a miss, which dnsmasq, for one, answers
@@ -325,6 +317,14 @@ func measureCPU(ctx context.Context, o options, srvs []*server, work, names stri
 		}
 	}
 	rounds := cpuRounds(o.reps)
+	if o.want(figMiss) {
+		if err := measureMisses(ctx, srvs, work, rounds, res); err != nil {
+			return err
+		}
+	}
+	if !o.want(figCPU) {
+		return nil
+	}
 	for _, rate := range rates {
 		res.paired[cpuKey(rate)] = true
 		for round := range rounds {
@@ -346,6 +346,44 @@ func measureCPU(ctx context.Context, o options, srvs []*server, work, names stri
 				res.add(s.name, cpuKey(rate), perHit)
 				res.add(s.name, achievedKey(rate), p.qps)
 			}
+		}
+	}
+	return nil
+}
+
+// missKey is the figure of measureMisses.
+const missKey = "CPU per cache miss (µs)"
+
+// Each round of measureMisses asks every server missesPerRound names it
+// has never seen, at missRate a second.
+const (
+	missesPerRound = 3000
+	missRate       = 2000
+)
+
+// measureMisses measures CPU per cache miss in rounds, as measureCPU does
+// for hits (the servers running, each loaded in turn, in an order that
+// rotates): each round asks every server missesPerRound new names.
+func measureMisses(ctx context.Context, srvs []*server, work string, rounds int, res *results) error {
+	res.paired[missKey] = true
+	for round := range rounds {
+		fmt.Fprintf(os.Stderr, "cpu: misses, round %d of %d\n", round+1, rounds)
+		for j := range srvs {
+			s := srvs[(round+j)%len(srvs)]
+			names, err := nameFile(work, fmt.Sprintf("miss-%s-%d", s.name, round), missesPerRound, fmt.Sprintf("miss%d", round))
+			if err != nil {
+				return err
+			}
+			before := s.cpu()
+			p, err := dnsperf(ctx, s.port, names, missRate, missesPerRound*time.Second/missRate, 1, false)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			perMiss := math.NaN()
+			if p.completed > 0 {
+				perMiss = float64((s.cpu() - before).Microseconds()) / p.completed
+			}
+			res.add(s.name, missKey, perMiss)
 		}
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -94,12 +95,13 @@ func (r *results) markdown(o options, srvs []*server, node *nodeView, took time.
 	w("(Go servers with `GOMAXPROCS=%d`%s), the load generator (dnsperf) and the authoritative upstream on CPU 1.", o.gomaxprocs, gomaxprocsNote(o.gomaxprocs))
 	w("Each cell is the median with min–max. CPU per cache hit was measured with the four servers running at once")
 	w("(all idle but the one under load): at each rate, %d rounds, each loading every server in turn for %s, in an", cpuRounds(o.reps), roundLen)
-	w("order that rotates between rounds. The other figures were measured one server at a time, in turn, %d time(s).", o.reps)
-	w("A cache hit is an A query for one of 10,000 names asked twice before; a miss is a name never asked, answered")
-	w("by the upstream. CPU is the server process's own (all threads, from /proc schedstat) divided by the")
+	w("order that rotates between rounds; CPU per cache miss in the same way, %d rounds, each asking every server", cpuRounds(o.reps))
+	w("%d names it has never seen at %d a second. The other figures were measured one server at a time, in turn,", missesPerRound, missRate)
+	w("%d time(s). A cache hit is an A query for one of 10,000 names asked twice before; a miss is a name never asked,", o.reps)
+	w("answered by the upstream. CPU is the server process's own (all threads, from /proc schedstat) divided by the")
 	w("queries dnsperf saw answered. The ratio columns are node-local-coredns's figure divided by the peer's,")
-	w("from the same run: below 1 means node-local-coredns needs less (or, for rates, sustains less). For CPU per")
-	w("cache hit, a ratio is the median of the per-round ratios: this VM's speed drifts by tens of per cent over")
+	w("from the same run: below 1 means node-local-coredns needs less (or, for rates, sustains less). For the")
+	w("figures measured in rounds, a ratio is the median of the per-round ratios: this VM's speed drifts by tens of per cent over")
 	w("minutes, the same for every server within a round, and the per-round ratio cancels it.")
 	w("node-local-coredns answers cache hits with its fastcache plugin (plugin/fastcache); coredns runs the")
 	w("same Corefile with CoreDNS's cache in fastcache's place.")
@@ -118,26 +120,7 @@ func (r *results) markdown(o options, srvs []*server, node *nodeView, took time.
 	if len(r.keys) > 0 {
 		w("## Servers")
 		w("")
-		tableHead(w, "figure", srvs)
-		for _, k := range r.keys {
-			line := "| " + k + " |"
-			for _, s := range srvs {
-				med, lo, hi := median(r.vals[s.name][k])
-				if len(r.vals[s.name][k]) == 0 {
-					line += " – |"
-					continue
-				}
-				line += fmt.Sprintf(" %s (%s–%s) |", format(med), format(lo), format(hi))
-			}
-			for _, s := range srvs[1:] {
-				if q := r.ratio(k, srvs[0].name, s.name); q > 0 {
-					line += fmt.Sprintf(" %.2f |", q)
-				} else {
-					line += " – |"
-				}
-			}
-			w("%s", line)
-		}
+		r.table(w, srvs, func(k string) bool { return !isPodKey(k) })
 		w("")
 		if o.want(figCPU) {
 			w("![CPU per cache hit against offered rate](benchmarks.png)")
@@ -145,8 +128,11 @@ func (r *results) markdown(o options, srvs []*server, node *nodeView, took time.
 			w("A server that cannot keep up with an offered rate answers fewer queries than offered (the")
 			w("\"answered at ... offered\" rows); its CPU per query is then over what it managed.")
 			w("")
-			r.rounds(w, srvs)
 		}
+		r.rounds(w, srvs, func(k string) bool { return !isPodKey(k) })
+	}
+	if r.vals[podServerNames[0]][podCPUKey] != nil {
+		r.podSection(w, o)
 	}
 	if node != nil {
 		w("## The node: pods through the agent against through DNAT")
@@ -197,11 +183,39 @@ func (r *results) markdown(o options, srvs []*server, node *nodeView, took time.
 	return b.String()
 }
 
-// rounds writes the figures measured in rounds, round by round, with
-// node-local-coredns's ratio to each peer in each round.
-func (r *results) rounds(w func(string, ...any), srvs []*server) {
+// table writes the figures that keep selects, a row each: every server's
+// median with min–max, then node-local-coredns's ratio to each peer.
+func (r *results) table(w func(string, ...any), srvs []*server, keep func(string) bool) {
+	tableHead(w, "figure", srvs)
 	for _, k := range r.keys {
-		if !r.paired[k] {
+		if !keep(k) {
+			continue
+		}
+		line := "| " + k + " |"
+		for _, s := range srvs {
+			med, lo, hi := median(r.vals[s.name][k])
+			if !slices.ContainsFunc(r.vals[s.name][k], func(v float64) bool { return !math.IsNaN(v) }) {
+				line += " – |"
+				continue
+			}
+			line += fmt.Sprintf(" %s (%s–%s) |", format(med), format(lo), format(hi))
+		}
+		for _, s := range srvs[1:] {
+			if q := r.ratio(k, srvs[0].name, s.name); q > 0 && !math.IsNaN(q) {
+				line += fmt.Sprintf(" %.2f |", q)
+			} else {
+				line += " – |"
+			}
+		}
+		w("%s", line)
+	}
+}
+
+// rounds writes the figures measured in rounds that keep selects, round by
+// round, with node-local-coredns's ratio to each peer in each round.
+func (r *results) rounds(w func(string, ...any), srvs []*server, keep func(string) bool) {
+	for _, k := range r.keys {
+		if !r.paired[k] || !keep(k) {
 			continue
 		}
 		w("### %s, round by round", k)

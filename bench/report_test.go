@@ -99,9 +99,11 @@ func TestRoundsTable(t *testing.T) {
 	r.add("b", "k", math.NaN())
 	r.paired["k"] = true
 	r.add("a", "unpaired", 1) // not written round by round
+	r.add("a", "left out", 1)
+	r.paired["left out"] = true // not kept
 	var lines []string
 	w := func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) }
-	r.rounds(w, []*server{{name: "a"}, {name: "b"}})
+	r.rounds(w, []*server{{name: "a"}, {name: "b"}}, func(k string) bool { return k != "left out" })
 	want := []string{
 		"### k, round by round",
 		"",
@@ -113,5 +115,26 @@ func TestRoundsTable(t *testing.T) {
 	}
 	if !slices.Equal(lines, want) {
 		t.Errorf("rounds wrote\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestTableDashes: a server with no value of a figure (none, or only NaN:
+// not measured for it) gets a dash, and no ratio.
+func TestTableDashes(t *testing.T) {
+	r := newResults()
+	r.add("a", "k", 4)
+	r.add("b", "k", math.NaN())
+	r.add("a", "j", 1)
+	var lines []string
+	w := func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) }
+	r.table(w, []*server{{name: "a"}, {name: "b"}, {name: "c"}}, func(string) bool { return true })
+	want := []string{
+		"| figure | a | b | c | ratio to b | ratio to c |",
+		"|---|---|---|---|---|---|",
+		"| k | 4.00 (4.00–4.00) | – | – | – | – |",
+		"| j | 1.00 (1.00–1.00) | – | – | – | – |",
+	}
+	if !slices.Equal(lines, want) {
+		t.Errorf("table wrote\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -114,9 +114,31 @@ func servers(bin string) []*server {
 			return exec.Command(filepath.Join(bin, "coredns-stock"), "-conf", path, "-quiet"), nil
 		}},
 		{name: "unbound", port: 5303, command: func(dir string) (*exec.Cmd, error) {
-			conf := fmt.Sprintf(`server:
-  interface: 127.0.0.1@5303
-  port: 5303
+			// Room for the memory figure's names, and the other servers' TTL
+			// caps.
+			return unbound(dir, 5303, upstreamAddr, fmt.Sprintf(`  msg-cache-size: 64m
+  rrset-cache-size: 128m
+  cache-max-ttl: %d
+  cache-max-negative-ttl: 5
+  so-reuseport: no
+`, benchMaxTTL))
+		}},
+		{name: "dnsmasq", port: 5304, command: func(string) (*exec.Cmd, error) {
+			return exec.Command("dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=5304", "--listen-address=127.0.0.1",
+				"--bind-interfaces", "--server=127.0.0.1#5300", "--cache-size=150000", "--max-cache-ttl="+strconv.Itoa(benchMaxTTL), "--user=root", "--pid-file=",
+				"--log-facility=-"), nil
+		}},
+	}
+}
+
+// unbound returns the command that runs Unbound in the foreground on port
+// of 127.0.0.1, one thread, without its validator (no trust anchor on a
+// node cache), forwarding every name to upstream (host:port); extra are
+// more server: options, each line indented by two spaces.
+func unbound(dir string, port int, upstream, extra string) (*exec.Cmd, error) {
+	conf := fmt.Sprintf(`server:
+  interface: 127.0.0.1@%d
+  port: %d
   do-daemonize: no
   num-threads: 1
   username: ""
@@ -129,27 +151,15 @@ func servers(bin string) []*server {
   access-control: 127.0.0.0/8 allow
   do-not-query-localhost: no
   module-config: "iterator"
-  msg-cache-size: 64m
-  rrset-cache-size: 128m
-  cache-max-ttl: %d
-  cache-max-negative-ttl: 5
-  so-reuseport: no
-forward-zone:
+%sforward-zone:
   name: "."
-  forward-addr: 127.0.0.1@5300
-`, dir, benchMaxTTL)
-			path := filepath.Join(dir, "unbound.conf")
-			if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
-				return nil, err
-			}
-			return exec.Command("unbound", "-d", "-c", path), nil
-		}},
-		{name: "dnsmasq", port: 5304, command: func(string) (*exec.Cmd, error) {
-			return exec.Command("dnsmasq", "-k", "--no-resolv", "--no-hosts", "--port=5304", "--listen-address=127.0.0.1",
-				"--bind-interfaces", "--server=127.0.0.1#5300", "--cache-size=150000", "--max-cache-ttl="+strconv.Itoa(benchMaxTTL), "--user=root", "--pid-file=",
-				"--log-facility=-"), nil
-		}},
+  forward-addr: %s
+`, port, port, dir, extra, strings.Replace(upstream, ":", "@", 1))
+	path := filepath.Join(dir, "unbound.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, err
 	}
+	return exec.Command("unbound", "-d", "-c", path), nil
 }
 
 // start runs the server pinned to CPU 0 (with GOMAXPROCS=gomaxprocs for Go

@@ -118,6 +118,10 @@ type budgetWriter struct {
 func (w *budgetWriter) WriteMsg(m *dns.Msg) error {
 	n := m.Len()
 	if n <= largeAnswer || len(w.req.Question) != 1 {
+		if w.lk != nil && !prefetching(w) {
+			// The cache copies m before it changes it.
+			w.lk.answer.Store(m)
+		}
 		return w.ResponseWriter.WriteMsg(m)
 	}
 	now := time.Now()

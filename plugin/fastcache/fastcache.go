@@ -1,9 +1,10 @@
 // Package fastcache is CoreDNS's cache with a fast path in front: cache hits
 // for plain UDP queries are answered from stored wire bytes by the goroutine
 // that read the packet, without unpacking the query or running the plugin
-// chain. Everything else, and every answer stored, comes from CoreDNS's own
-// cache plugin, configured by the same options, so that the Corefile means
-// what it says and the answers are CoreDNS's.
+// chain. Everything else comes from CoreDNS's own cache plugin, configured
+// by the same options, and every answer stored is one it stored, as it
+// answers it from its cache, so that the Corefile means what it says and
+// the answers are CoreDNS's.
 package fastcache
 
 import (
@@ -12,6 +13,9 @@ import (
 	"time"
 
 	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/pkg/dnsutil"
+	"github.com/coredns/coredns/plugin/pkg/response"
+	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
 
@@ -44,7 +48,9 @@ func (f *FastCache) Name() string { return pluginName }
 
 // ServeDNS implements plugin.Handler. It hands the query to CoreDNS's cache;
 // when that answers from its cache (a hit, fresh, not served stale), the
-// answer it wrote is stored for the fast path.
+// answer it wrote is stored for the fast path; with storeMisses, when it
+// stores the upstream's answer, the answer it will give from its cache
+// (hitAnswer) is.
 func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	if !f.fast.Load() {
 		return f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, &lookup{client: w}), w, r)
@@ -64,17 +70,85 @@ func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	cw := &captureWriter{ResponseWriter: w}
 	lk := &lookup{client: cw}
 	rc, err := f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, lk), cw, r)
-	if cw.msg != nil && !lk.upstream.Load() {
-		f.capture(q.key, cw.msg, now)
+	switch {
+	case cw.msg != nil && !lk.upstream.Load():
+		f.capture(q.key, cw.msg, now, false)
+	case f.opts.storeMisses:
+		if a := lk.answer.Load(); a != nil {
+			if m := f.hitAnswer(w, r, a); m != nil {
+				f.capture(q.key, m, now, true)
+			}
+		}
 	}
 	return rc, err
 }
 
-// capture stores m, the answer CoreDNS's cache wrote for a hit, as it went
-// to the client (scrubbed: OPT record added, possibly truncated), unless it
-// cannot be served again as is: truncated, with no record to age, or served
-// stale (TTL 0, or the configured stale TTL).
-func (f *FastCache) capture(key []byte, m *dns.Msg, now int64) {
+// hitAnswer returns the answer CoreDNS's cache gives to r, as CoreDNS's
+// server sends it to w (scrubbed), once it has stored a, the upstream's
+// answer to r; nil when the cache does not store a (or may not: a
+// delegation, SERVFAIL, a truncated answer, one that does not match the
+// question). It follows the cache's WriteMsg and its item's toMsg: the TTL
+// of every record the minimal TTL of the message within the cache's
+// bounds, the authoritative bit set, AD only when DO or AD was asked, no
+// OPT but the one the server adds for the client. TestDifferential
+// compares its answers with the cache's.
+func (f *FastCache) hitAnswer(w dns.ResponseWriter, r, a *dns.Msg) *dns.Msg {
+	state := request.Request{W: w, Req: r}
+	if a.Truncated || len(a.Question) != 1 || !state.Match(a) {
+		return nil
+	}
+	var d time.Duration
+	switch mt, _ := response.Typify(a, time.Now().UTC()); mt {
+	case response.NoError:
+		d = min(max(dnsutil.MinimalTTLWithMaximum(a, mt, f.opts.successTTL), f.opts.minSuccessTTL), f.opts.successTTL)
+	case response.NameError, response.NoData:
+		d = min(max(dnsutil.MinimalTTLWithMaximum(a, mt, f.opts.denialTTL), f.opts.minDenialTTL), f.opts.denialTTL)
+	default:
+		return nil
+	}
+	ttl := uint32(d / time.Second)
+	if ttl == 0 {
+		return nil
+	}
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	m.AuthenticatedData = a.AuthenticatedData && (state.Do() || r.AuthenticatedData)
+	m.RecursionAvailable = a.RecursionAvailable
+	m.Rcode = a.Rcode
+	m.Answer, m.Ns, m.Extra = withTTL(a.Answer, ttl), withTTL(a.Ns, ttl), withTTL(a.Extra, ttl)
+	if err := request.NewScrubWriter(r, discardWriter{w}).WriteMsg(m); err != nil {
+		return nil
+	}
+	return m
+}
+
+// withTTL copies rrs but OPT records, with TTL ttl.
+func withTTL(rrs []dns.RR, ttl uint32) []dns.RR {
+	out := make([]dns.RR, 0, len(rrs))
+	for _, rr := range rrs {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			continue
+		}
+		rr = dns.Copy(rr)
+		rr.Header().Ttl = ttl
+		out = append(out, rr)
+	}
+	return out
+}
+
+// discardWriter is w without its way to the client: the scrub writer in
+// front of it prepares a message as it would go to w's client.
+type discardWriter struct{ dns.ResponseWriter }
+
+func (discardWriter) WriteMsg(*dns.Msg) error { return nil }
+
+// capture stores m, the answer CoreDNS's cache wrote for a hit (or would
+// write, fresh: hitAnswer), as it went to the client (scrubbed: OPT record
+// added, possibly truncated), unless it cannot be served again as is:
+// truncated, with no record to age, or served stale (TTL 0, or, unless m
+// is known fresh, the configured stale TTL).
+func (f *FastCache) capture(key []byte, m *dns.Msg, now int64, fresh bool) {
 	if m.Truncated || len(m.Question) != 1 {
 		return
 	}
@@ -89,7 +163,7 @@ func (f *FastCache) capture(key []byte, m *dns.Msg, now int64) {
 		return
 	}
 	l, err := parseLayout(resp)
-	if err != nil || l.ttl == 0 || (f.opts.staleTTL > 0 && l.ttl == f.opts.staleTTL) {
+	if err != nil || l.ttl == 0 || (!fresh && f.opts.staleTTL > 0 && l.ttl == f.opts.staleTTL) {
 		return
 	}
 	life := l.ttl
@@ -135,6 +209,8 @@ type lookup struct {
 	// upstream is set when the cache passed the request on (a miss, a
 	// refresh, a prefetch).
 	upstream atomic.Bool
+	// answer is the upstream's answer the cache was given to store.
+	answer atomic.Pointer[dns.Msg]
 }
 
 type lookupKey struct{}

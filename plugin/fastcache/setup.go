@@ -52,6 +52,14 @@ type options struct {
 	// retention bounds how long CoreDNS's cache keeps an entry: the larger
 	// of its two maximum TTLs, and the serve_stale duration after that.
 	retention time.Duration
+	// The cache's bounds on the TTL of what it stores, its maximum and
+	// minimum for answers (success) and denials.
+	successTTL, minSuccessTTL, denialTTL, minDenialTTL time.Duration
+	// storeMisses is set when every option of the block is one storeMiss
+	// follows (success, denial, serve_stale, servfail): the fast path then
+	// stores an answer when the cache stores it, at the miss, not at the
+	// first hit.
+	storeMisses bool
 }
 
 func setup(c *caddy.Controller) error {
@@ -165,20 +173,30 @@ func (f *FastCache) eligible(cfg *dnsserver.Config) bool {
 // parseOptions reads what the fast path needs from a fastcache block that
 // CoreDNS's cache has already validated.
 func parseOptions(d *caddyfile.Dispenser) (options, error) {
-	o := options{percentage: 10}
+	o := options{percentage: 10, storeMisses: true}
 	success, denial := defaultCap, defaultCap
 	successTTL, denialTTL := defaultSuccessTTL, defaultDenialTTL
+	minSuccessTTL, minDenialTTL := defaultMinTTL, defaultMinTTL
 	var stale time.Duration
 	for d.Next() {
 		if args := d.RemainingArgs(); len(args) > 0 {
 			// cache [TTL] [ZONES...]: the maximum TTL of both.
-			if n, err := strconv.Atoi(args[0]); err == nil {
+			n, err := strconv.Atoi(args[0])
+			if err == nil {
 				successTTL, denialTTL = n, n
+			}
+			if err != nil || len(args) > 1 {
+				// Zones of its own: the cache leaves the others to the
+				// chain uncached.
+				o.storeMisses = false
 			}
 		}
 		for d.NextBlock() {
+			// The option's name, before RemainingArgs moves past its
+			// arguments.
+			opt := d.Val()
 			args := d.RemainingArgs()
-			switch d.Val() {
+			switch opt {
 			case "success", "denial":
 				if len(args) == 0 {
 					continue
@@ -187,26 +205,45 @@ func parseOptions(d *caddyfile.Dispenser) (options, error) {
 				if err != nil {
 					return o, err
 				}
-				ttl := 0
+				ttl, minTTL := 0, -1
 				if len(args) > 1 {
 					if ttl, err = strconv.Atoi(args[1]); err != nil {
 						return o, err
 					}
 				}
-				if d.Val() == "success" {
+				if len(args) > 2 {
+					if minTTL, err = strconv.Atoi(args[2]); err != nil {
+						return o, err
+					}
+				}
+				if opt == "success" {
 					success = n
 					if ttl > 0 {
 						successTTL = ttl
+					}
+					if minTTL >= 0 {
+						minSuccessTTL = minTTL
 					}
 				} else {
 					denial = n
 					if ttl > 0 {
 						denialTTL = ttl
 					}
+					if minTTL >= 0 {
+						minDenialTTL = minTTL
+					}
 				}
+			case "servfail", "serve_stale":
+				// SERVFAIL, which storeMiss leaves to the cache; expired
+				// entries, which the fast path leaves to it.
+			default:
+				o.storeMisses = false
+			}
+			switch opt {
 			case "keepttl":
 				o.keepTTL = true
 			case "prefetch":
+				// The cache counts hits to prefetch: they must reach it.
 				o.prefetch = 1
 				if len(args) > 0 {
 					n, err := strconv.Atoi(args[0])
@@ -249,6 +286,8 @@ func parseOptions(d *caddyfile.Dispenser) (options, error) {
 		}
 	}
 	o.capacity = success + denial
+	o.successTTL, o.minSuccessTTL = time.Duration(successTTL)*time.Second, time.Duration(minSuccessTTL)*time.Second
+	o.denialTTL, o.minDenialTTL = time.Duration(denialTTL)*time.Second, time.Duration(minDenialTTL)*time.Second
 	o.retention = time.Duration(max(successTTL, denialTTL))*time.Second + stale
 	return o, nil
 }
@@ -261,4 +300,5 @@ const defaultCap = 9984
 const (
 	defaultSuccessTTL = 3600
 	defaultDenialTTL  = 1800
+	defaultMinTTL     = 5
 )
