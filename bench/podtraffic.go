@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/node-local-coredns/node-local-coredns/internal/config"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -279,13 +280,14 @@ ip6.arpa:{{port}} {
 func podServers(bin string) []*server {
 	return []*server{
 		{name: "node-local-coredns", port: 5311, command: func(string) (*exec.Cmd, error) {
-			// The built-in Corefile. dnsperf is one client standing for
-			// every pod of the node: misslimit's per-client limit would
-			// drop the node's misses, so it is off.
+			// The built-in Corefile, sized for the chart's memory limit
+			// (as the DaemonSet passes it). dnsperf is one client standing
+			// for every pod of the node: misslimit's per-client limit
+			// would drop the node's misses, so it is off.
 			return exec.Command(filepath.Join(bin, "node-local-coredns"), "--local-ip=127.0.0.1", "--port=5311",
 				"--upstream="+kubeDNSAddr, "--setup-interface=false", "--setup-netfilter=false",
 				"--health-addr=127.0.0.1:15311", "--ready-addr=127.0.0.1:16311", "--metrics-addr=127.0.0.1:17311",
-				"--miss-rate=0"), nil
+				"--memory-limit="+strconv.FormatInt(chartMemoryLimit, 10), "--miss-rate=0"), nil
 		}},
 		{name: "coredns-nodecache", port: 5312, command: func(dir string) (*exec.Cmd, error) {
 			text := strings.NewReplacer("{{port}}", "5312", "{{upstream}}", kubeDNSAddr, "{{metrics}}", "17312", "{{health}}", "15312").Replace(nodeCacheCorefile)
@@ -308,6 +310,10 @@ func podServers(bin string) []*server {
 		}},
 	}
 }
+
+// chartMemoryLimit is the chart's default memory limit of the agent's
+// container (resources.limits.memory), which sizes its caches.
+const chartMemoryLimit = 128 << 20
 
 // Pod-traffic run: warmed for podWarm, then measured for podMeasure, at
 // podRate queries a second.
@@ -453,8 +459,9 @@ func (r *results) podSection(w func(string, ...any), o options) {
 	w("")
 	w("Each server is configured as its users configure it on a node:")
 	w("")
-	w("- node-local-coredns: its built-in Corefile (30 s cap, denials 5 s, 9,984 entries each), `--miss-rate=0`:")
-	w("  dnsperf is one client standing for every pod, and misslimit would drop the node's misses;")
+	w("- node-local-coredns: its built-in Corefile (30 s cap, denials 5 s), sized for the chart's memory limit of %d MiB", chartMemoryLimit>>20)
+	w("  (%s entries per cache), `--miss-rate=0`: dnsperf is one client standing for every pod, and misslimit would", formatCount(config.SizedCapacity(chartMemoryLimit)))
+	w("  drop the node's misses;")
 	w("- coredns-nodecache: stock CoreDNS with NodeLocal DNSCache's published Corefile (the cluster zones over TCP,")
 	w("  `cache 30`, success 9,984 30, denial 9,984 5; other names over UDP, to the same kube-dns model here);")
 	w("- unbound: its defaults (num-threads 1, no validator), forwarding every name;")
@@ -470,4 +477,13 @@ func (r *results) podSection(w func(string, ...any), o options) {
 	r.table(w, srvs, isPodKey)
 	w("")
 	r.rounds(w, srvs, func(k string) bool { return k == podCPUKey })
+}
+
+// formatCount writes n with a comma between thousands.
+func formatCount(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }

@@ -172,3 +172,11 @@ func TestKubeDNSAnswers(t *testing.T) {
 		t.Errorf("%d queries counted, want 6", k.queries.Load())
 	}
 }
+
+func TestFormatCount(t *testing.T) {
+	for n, want := range map[int]string{0: "0", 999: "999", 1000: "1,000", 3584: "3,584", 1048576: "1,048,576"} {
+		if got := formatCount(n); got != want {
+			t.Errorf("formatCount(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

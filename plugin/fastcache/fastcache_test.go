@@ -453,3 +453,55 @@ func TestReloadAndStop(t *testing.T) {
 	}
 	pc.Close()
 }
+
+// TestWorkersServeMisses: the queries the fast path passes on are served by
+// at most maxWorkers workers, reused from one query to the next; past them,
+// in miekg/dns's goroutine; every one is answered.
+func TestWorkersServeMisses(t *testing.T) {
+	up := testUpstream(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		time.Sleep(100 * time.Millisecond)
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Rcode = dns.RcodeNameError
+		_ = w.WriteMsg(m)
+	}))
+	addr := startCoreDNS(t, ".", "    fastcache {\n        success 1000 30\n    }\n    forward . "+up+" {\n        max_concurrent 1000\n    }")
+	l := fastConn(t, addr).l
+	if l == nil {
+		t.Fatal("no fast path")
+	}
+	ask := func(name string) error {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		c := &dns.Client{Timeout: 3 * time.Second}
+		r, _, err := c.Exchange(q, addr)
+		if err == nil && r.Rcode != dns.RcodeNameError {
+			err = fmt.Errorf("rcode %s", dns.RcodeToString[r.Rcode])
+		}
+		return err
+	}
+	// More at once than there are workers.
+	const concurrent = 2 * maxWorkers
+	errs := make(chan error, concurrent)
+	for i := range concurrent {
+		go func() { errs <- ask(fmt.Sprintf("burst-%d.example.org.", i)) }()
+	}
+	for range concurrent {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	n := l.workers.Load()
+	if n < 1 || n > maxWorkers {
+		t.Fatalf("%d workers after %d queries at once, want 1 to %d", n, concurrent, maxWorkers)
+	}
+	// One after another: an idle worker takes each.
+	for i := range 10 {
+		if err := ask(fmt.Sprintf("seq-%d.example.org.", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := l.workers.Load(); m != n {
+		t.Errorf("%d workers after queries one at a time, %d before: not reused", m, n)
+	}
+}

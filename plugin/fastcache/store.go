@@ -89,7 +89,8 @@ func (e *entry) ttlAt(now int64) uint32 {
 const shards = 64
 
 // store holds answers by key, in shards, up to a capacity; when full, an
-// arbitrary entry of the shard makes room, as CoreDNS's cache does.
+// expired entry of the shard makes room, else an arbitrary one, as in
+// CoreDNS's cache.
 //
 // Each shard is an open-addressing table of (hash of the key, entry) pairs
 // with linear probing, at most half full: a hit reads one slot, then the
@@ -165,14 +166,7 @@ func (s *store) put(e *entry) {
 		return
 	}
 	if sh.n >= s.perShard {
-		// Evict the first entry from a slot picked by hash bits the
-		// index does not use: an arbitrary one.
-		mask := uint64(len(sh.slots) - 1)
-		i := (h >> 32) & mask
-		for sh.slots[i].h == 0 {
-			i = (i + 1) & mask
-		}
-		sh.remove(i)
+		sh.remove(sh.victim(h, e.stored))
 		s.size.Add(-1)
 	}
 	if 2*(sh.n+1) > len(sh.slots) {
@@ -182,6 +176,33 @@ func (s *store) put(e *entry) {
 	sh.slots[i] = slot{h: h, e: e}
 	sh.n++
 	s.size.Add(1)
+}
+
+// evictProbes is how many entries a full shard looks at for one the fast
+// path no longer serves before it evicts an arbitrary one.
+const evictProbes = 8
+
+// victim is the slot of the entry to evict from the full shard for an entry
+// of hash h stored at now: of the first evictProbes entries from a slot
+// picked by hash bits the index does not use (an arbitrary place), the
+// first the fast path no longer serves (expired: the plugin chain answers
+// its key, whether the entry is here or not), else the first.
+func (sh *shard) victim(h uint64, now int64) uint64 {
+	mask := uint64(len(sh.slots) - 1)
+	first, probed := uint64(math.MaxUint64), 0
+	for i := (h >> 32) & mask; probed < min(evictProbes, sh.n); i = (i + 1) & mask {
+		if sh.slots[i].h == 0 {
+			continue
+		}
+		if sh.slots[i].e.until <= now {
+			return i
+		}
+		if probed == 0 {
+			first = i
+		}
+		probed++
+	}
+	return first
 }
 
 // find returns the slot holding h, or the empty slot where h goes.

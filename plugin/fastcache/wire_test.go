@@ -274,6 +274,33 @@ func TestStoreCapacity(t *testing.T) {
 	}
 }
 
+// TestStoreEvictsExpiredFirst: a full shard makes room by evicting an
+// entry the fast path no longer serves, not a live one.
+func TestStoreEvictsExpiredFirst(t *testing.T) {
+	for trial := range 50 {
+		st := newStore(2 * shards) // two entries per shard
+		// Three keys of one shard: a live entry, an expired one, a new one.
+		var keys [][]byte
+		var shard *shard
+		for i := 0; len(keys) < 3; i++ {
+			k := []byte(fmt.Sprintf("%d-%d.example.org", trial, i))
+			if sh := st.shardOf(st.hash(k)); shard == nil || sh == shard {
+				shard = sh
+				keys = append(keys, k)
+			}
+		}
+		st.put(newEntry(keys[0], nil, layout{}, 0, 1<<62))
+		st.put(newEntry(keys[1], nil, layout{}, 0, 5))
+		st.put(newEntry(keys[2], nil, layout{}, 10, 1<<62))
+		if st.get(keys[0], 10) == nil || st.get(keys[2], 10) == nil {
+			t.Fatalf("trial %d: a live entry evicted while an expired one was there", trial)
+		}
+		if st.len() != 2 {
+			t.Fatalf("trial %d: %d entries, capacity 2", trial, st.len())
+		}
+	}
+}
+
 // TestStoreChecksKey: an entry found under another key's hash is not
 // served for it.
 func TestStoreChecksKey(t *testing.T) {
