@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coredns/coredns/core/dnsserver"
@@ -199,7 +200,9 @@ func (l *listener) serveTCP(ln net.Listener, s *dnsserver.Server) {
 	}
 	log.Infof("%s: TCP: at most %d connections at once, %d per client address", s.Addr, total, perClient)
 	go func() {
-		if err := l.tcp.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) {
+		// A listening socket shut down (the agent's hand-over to its
+		// successor at a stop) fails accept with EINVAL: a stop too.
+		if err := l.tcp.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.EINVAL) {
 			log.Errorf("%s: fast path's TCP server stopped: %v", s.Addr, err)
 		}
 	}()
