@@ -76,7 +76,9 @@ func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	case f.opts.storeMisses:
 		if a := lk.answer.Load(); a != nil {
 			if m := f.hitAnswer(w, r, a); m != nil {
-				f.capture(q.key, m, now, true)
+				// Aged from now, as the cache's item is, not from
+				// before the upstream answered.
+				f.capture(q.key, m, f.store.now(), true)
 			}
 		}
 	}
