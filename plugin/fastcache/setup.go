@@ -55,7 +55,7 @@ type options struct {
 	// The cache's bounds on the TTL of what it stores, its maximum and
 	// minimum for answers (success) and denials.
 	successTTL, minSuccessTTL, denialTTL, minDenialTTL time.Duration
-	// storeMisses is set when every option of the block is one storeMiss
+	// storeMisses is set when every option of the block is one hitAnswer
 	// follows (success, denial, serve_stale, servfail): the fast path then
 	// stores an answer when the cache stores it, at the miss, not at the
 	// first hit.
@@ -234,7 +234,7 @@ func parseOptions(d *caddyfile.Dispenser) (options, error) {
 					}
 				}
 			case "servfail", "serve_stale":
-				// SERVFAIL, which storeMiss leaves to the cache; expired
+				// SERVFAIL, which hitAnswer leaves to the cache; expired
 				// entries, which the fast path leaves to it.
 			default:
 				o.storeMisses = false
