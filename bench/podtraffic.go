@@ -6,7 +6,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,8 +16,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/node-local-coredns/node-local-coredns/internal/config"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/node-local-coredns/node-local-coredns/test/nodesim"
 )
 
 // The pod-traffic figure replays what the pods of one node ask their DNS
@@ -279,7 +277,7 @@ ip6.arpa:{{port}} {
 // as its users configure it for a node, forwarding to the kube-dns model.
 func podServers(bin string) []*server {
 	return []*server{
-		{name: "node-local-coredns", port: 5311, command: func(string) (*exec.Cmd, error) {
+		{name: agentName, port: 5311, command: func(string) (*exec.Cmd, error) {
 			// The built-in Corefile, sized for the chart's memory limit
 			// (as the DaemonSet passes it). dnsperf is one client standing
 			// for every pod of the node: misslimit's per-client limit
@@ -333,9 +331,6 @@ const (
 	podFastKey     = "pod traffic: answered by the fast path (% of queries)"
 )
 
-// podServerNames are podServers' names, in order.
-var podServerNames = []string{"node-local-coredns", "coredns-nodecache", "unbound", "dnsmasq"}
-
 func isPodKey(k string) bool { return strings.HasPrefix(k, "pod traffic:") }
 
 var podKeys = []string{podCPUKey, podP50Key, podP99Key, podUpstreamKey, podAnsweredKey, podRSSKey, podFastKey}
@@ -343,24 +338,14 @@ var podKeys = []string{podCPUKey, podP50Key, podP99Key, podUpstreamKey, podAnswe
 // agentMetrics is where podServers' node-local-coredns serves its metrics.
 const agentMetrics = "http://127.0.0.1:17311/metrics"
 
-// counter is the sum of a counter's series at url, NaN when it cannot be
-// read.
-func counter(url, name string) float64 {
-	resp, err := http.Get(url)
+// fastHits is the agent's count of queries its fast path answered, NaN
+// when it cannot be read.
+func fastHits(ctx context.Context) float64 {
+	n, err := nodesim.Metric(ctx, "", agentMetrics, "coredns_fastcache_hits_total")
 	if err != nil {
 		return math.NaN()
 	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil || families[name] == nil {
-		return math.NaN()
-	}
-	var sum float64
-	for _, m := range families[name].GetMetric() {
-		sum += m.GetCounter().GetValue()
-	}
-	return sum
+	return n
 }
 
 // measurePods runs the pod-traffic figure in rounds: each round starts
@@ -410,8 +395,9 @@ func measurePodRun(ctx context.Context, o options, s *server, k *kubeDNS, work s
 		return err
 	}
 	fast := math.NaN()
-	if s.name == podServerNames[0] {
-		fast = counter(agentMetrics, "coredns_fastcache_hits_total")
+	agent := s.name == agentName
+	if agent {
+		fast = fastHits(ctx)
 	}
 	before, up := s.cpu(), k.queries.Load()
 	p, err := dnsperf(ctx, s.port, measureFile, podRate, podMeasure, 1, true)
@@ -419,8 +405,8 @@ func measurePodRun(ctx context.Context, o options, s *server, k *kubeDNS, work s
 		return err
 	}
 	used, upstream := s.cpu()-before, k.queries.Load()-up
-	if s.name == podServerNames[0] {
-		fast = counter(agentMetrics, "coredns_fastcache_hits_total") - fast
+	if agent {
+		fast = fastHits(ctx) - fast
 	}
 	v := func(key string, x float64) { res.add(s.name, key, x) }
 	if p.completed == 0 || p.sent == 0 {
@@ -470,10 +456,7 @@ func (r *results) podSection(w func(string, ...any), o options) {
 	w("\"queries to kube-dns\" is what reached the upstream, per 100 queries; \"answered\" counts any answer dnsperf got")
 	w("within 1 s, NXDOMAIN included.")
 	w("")
-	srvs := make([]*server, len(podServerNames))
-	for i, n := range podServerNames {
-		srvs[i] = &server{name: n}
-	}
+	srvs := podServers("")
 	r.table(w, srvs, isPodKey)
 	w("")
 	r.rounds(w, srvs, func(k string) bool { return k == podCPUKey })

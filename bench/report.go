@@ -117,7 +117,7 @@ func (r *results) markdown(o options, srvs []*server, node *nodeView, took time.
 	w("- %s; %s; %s", version("dnsperf", "-h"), version("unbound", "-V"), version("dnsmasq", "--version"))
 	w("- measured %s, the whole run took %s", time.Now().UTC().Format("2006-01-02"), took.Round(time.Second))
 	w("")
-	if len(r.keys) > 0 {
+	if slices.ContainsFunc(r.keys, func(k string) bool { return !isPodKey(k) }) {
 		w("## Servers")
 		w("")
 		r.table(w, srvs, func(k string) bool { return !isPodKey(k) })
@@ -131,7 +131,7 @@ func (r *results) markdown(o options, srvs []*server, node *nodeView, took time.
 		}
 		r.rounds(w, srvs, func(k string) bool { return !isPodKey(k) })
 	}
-	if r.vals[podServerNames[0]][podCPUKey] != nil {
+	if r.vals[agentName][podCPUKey] != nil {
 		r.podSection(w, o)
 	}
 	if node != nil {

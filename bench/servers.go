@@ -58,6 +58,10 @@ func spreadToForward(text string) (string, error) {
 	return spreadBlock.ReplaceAllString(text, "forward . $1 {\n        force_tcp\n        read_timeout 900ms\n        max_connect_attempts 2\n        max_concurrent $2\n    }"), nil
 }
 
+// agentName is node-local-coredns's name among the servers, always the
+// first: the ratios are its figures over the others'.
+const agentName = "node-local-coredns"
+
 // server is one DNS server under test.
 type server struct {
 	name string
@@ -69,7 +73,7 @@ type server struct {
 
 func servers(bin string) []*server {
 	return []*server{
-		{name: "node-local-coredns", port: 5301, command: func(dir string) (*exec.Cmd, error) {
+		{name: agentName, port: 5301, command: func(dir string) (*exec.Cmd, error) {
 			tmpl, err := benchCorefile()
 			if err != nil {
 				return nil, err

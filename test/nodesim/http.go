@@ -14,8 +14,12 @@ import (
 )
 
 // Dialer returns a dial function whose connections are made from
-// namespace ns (they stay there, whichever goroutine uses them).
+// namespace ns (they stay there, whichever goroutine uses them); "" is the
+// process's own namespace.
 func Dialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if ns == "" {
+		return (&net.Dialer{}).DialContext
+	}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := InNS(ns, func() error {
