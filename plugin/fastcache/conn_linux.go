@@ -278,15 +278,23 @@ func (c *conn) readFrom(b []byte) (int, net.Addr, error) {
 			c.next++
 			h := &c.rx.hdrs[i]
 			p := c.rx.bufs[i][:min(int(h.n), rxBuf)]
-			if h.hdr.Flags&unix.MSG_TRUNC == 0 && c.serve(i, p) {
+			served, parsed := false, false
+			if h.hdr.Flags&unix.MSG_TRUNC == 0 {
+				served, parsed = c.serve(i, p)
+			}
+			if served {
 				continue
 			}
 			peer, ok := c.rx.peer(i)
 			if !ok {
 				continue
 			}
-			if lim := c.l.limit.Load(); lim != nil && !lim.allow(peer.Addr().Unmap(), c.at.UnixNano()) {
+			lim := c.l.limit.Load()
+			if lim != nil && !lim.allow(peer.Addr().Unmap(), c.at.UnixNano()) {
 				limitedDrops.Inc()
+				continue
+			}
+			if parsed && c.l.handOff(p, peer, lim != nil) {
 				continue
 			}
 			if err := c.flush(); err != nil {
@@ -309,13 +317,14 @@ func (c *conn) readFrom(b []byte) (int, net.Addr, error) {
 }
 
 // serve answers packet i from the cache, queueing the answer, and reports
-// whether it did.
-func (c *conn) serve(i int, p []byte) bool {
+// whether it did, and, if not, whether the packet is a query the fast path
+// understood and looked up (a miss).
+func (c *conn) serve(i int, p []byte) (served, miss bool) {
 	t := &c.tx
 	out := t.bufs[t.n][:cap(t.bufs[t.n])]
 	resp, f, ok := c.l.answer(p, c.key[:], out, &c.q, c.at)
 	if !ok {
-		return false
+		return false, f != nil
 	}
 	t.iovs[t.n].SetLen(len(resp))
 	t.hdrs[t.n].hdr.Name = (*byte)(unsafe.Pointer(&c.rx.names[i]))
@@ -324,10 +333,10 @@ func (c *conn) serve(i int, p []byte) bool {
 	c.counts.hit(f.m, c.l.addr, &c.q, c.rx.names[i].Family == unix.AF_INET6, len(p), len(resp), int(resp[3]&0x0f), c.at)
 	if t.n == batchSize {
 		if err := c.flush(); err != nil {
-			return true // counted as answered; the loss is the kernel's
+			return true, false // counted as answered; the loss is the kernel's
 		}
 	}
-	return true
+	return true, false
 }
 
 // A batch of received packets is read exactly once. Its states:

@@ -54,7 +54,7 @@ func testSocketHit(t *testing.T, blocking bool) {
 		}
 		for i := range c.rx.n {
 			h := &c.rx.hdrs[i]
-			if !c.serve(i, c.rx.bufs[i][:h.n]) {
+			if served, _ := c.serve(i, c.rx.bufs[i][:h.n]); !served {
 				t.Fatal("not answered by the fast path")
 			}
 		}

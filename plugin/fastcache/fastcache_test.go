@@ -495,7 +495,10 @@ func TestWorkersServeMisses(t *testing.T) {
 	if n < 1 || n > maxWorkers {
 		t.Fatalf("%d workers after %d queries at once, want 1 to %d", n, concurrent, maxWorkers)
 	}
-	// One after another: an idle worker takes each.
+	// One after another: an idle worker takes each, from the fast path's
+	// reader itself, and answers from the queried address (the client's
+	// socket is connected to it).
+	handed := l.handedOff.Load()
 	for i := range 10 {
 		if err := ask(fmt.Sprintf("seq-%d.example.org.", i)); err != nil {
 			t.Fatal(err)
@@ -503,5 +506,8 @@ func TestWorkersServeMisses(t *testing.T) {
 	}
 	if m := l.workers.Load(); m != n {
 		t.Errorf("%d workers after queries one at a time, %d before: not reused", m, n)
+	}
+	if d := l.handedOff.Load() - handed; d != 10 {
+		t.Errorf("the reader handed %d of 10 misses to workers itself", d)
 	}
 }

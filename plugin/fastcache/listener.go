@@ -2,6 +2,7 @@ package fastcache
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -42,12 +43,18 @@ type listener struct {
 	jobs    chan job
 	workers atomic.Int32
 	quit    chan struct{}
+	// handedOff counts the packets the reader handed to workers itself.
+	handedOff atomic.Int64
 }
 
-// job is a query the fast path passes on to CoreDNS's server.
+// job is a query the fast path passes on to CoreDNS's server: unpacked by
+// miekg/dns (w and r), or, handed on by the fast path's reader, a packet
+// and the address it came from.
 type job struct {
 	w       dns.ResponseWriter
 	r       *dns.Msg
+	pkt     []byte
+	peer    netip.AddrPort
 	counted bool
 }
 
@@ -225,11 +232,37 @@ func (l *listener) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	l.serve(j.w, j.r, j.counted)
 }
 
+// handOff gives a query the fast path's reader understood but has no
+// answer for, packet p from peer, to an idle worker, or to a new one while
+// there are fewer than maxWorkers, and reports whether it did: miekg/dns
+// would start a goroutine for it, whose stack grows as it unpacks the
+// query, only to hand it to a worker. p is copied.
+func (l *listener) handOff(p []byte, peer netip.AddrPort, counted bool) bool {
+	j := job{pkt: slices.Clone(p), peer: peer, counted: counted}
+	select {
+	case l.jobs <- j:
+		l.handedOff.Add(1)
+		return true
+	default:
+	}
+	if l.workers.Add(1) <= maxWorkers {
+		l.handedOff.Add(1)
+		go l.work(j)
+		return true
+	}
+	l.workers.Add(-1)
+	return false
+}
+
 // work serves j, then every job it is handed, until the listener stops.
 func (l *listener) work(j job) {
 	defer l.workers.Add(-1)
 	for {
-		l.serve(j.w, j.r, j.counted)
+		if j.pkt != nil {
+			l.servePacket(j)
+		} else {
+			l.serve(j.w, j.r, j.counted)
+		}
 		select {
 		case j = <-l.jobs:
 		case <-l.quit:
@@ -250,6 +283,50 @@ func (l *listener) serve(w dns.ResponseWriter, r *dns.Msg, counted bool) {
 	s.ServeDNS(ctx, w, r)
 }
 
+// servePacket unpacks a packet the reader handed on and serves it as
+// miekg/dns's UDP server would (it only hands on queries the fast path
+// parsed, which miekg/dns accepts), answering through the fast path's
+// socket.
+func (l *listener) servePacket(j job) {
+	w := &packetWriter{c: l.conn, peer: net.UDPAddrFromAddrPort(j.peer)}
+	r := new(dns.Msg)
+	if err := r.Unpack(j.pkt); err != nil {
+		// What miekg/dns answers to a query it accepts but cannot unpack.
+		r.SetRcodeFormatError(r)
+		r.Zero = false
+		r.Ns, r.Answer, r.Extra = nil, nil, nil
+		_ = w.WriteMsg(r)
+		return
+	}
+	l.serve(w, r, j.counted)
+}
+
+// packetWriter is miekg/dns's UDP response writer for a packet the fast
+// path's reader handed on: the answer goes out through the fast path's
+// socket, from the address the query came to.
+type packetWriter struct {
+	c    *conn
+	peer *net.UDPAddr
+}
+
+func (w *packetWriter) LocalAddr() net.Addr  { return w.c.LocalAddr() }
+func (w *packetWriter) RemoteAddr() net.Addr { return w.peer }
+
+func (w *packetWriter) WriteMsg(m *dns.Msg) error {
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+func (w *packetWriter) Write(b []byte) (int, error) { return w.c.WriteTo(b, w.peer) }
+func (w *packetWriter) Close() error                { return nil }
+func (w *packetWriter) TsigStatus() error           { return nil }
+func (w *packetWriter) TsigTimersOnly(bool)         {}
+func (w *packetWriter) Hijack()                     {}
+
 // route returns the fastcache of the longest zone that contains the wire
 // name, the one CoreDNS's server would hand the query to if that zone's
 // server block has fastcache. When a longer zone without fastcache takes the
@@ -268,6 +345,9 @@ func (l *listener) route(q *query) *FastCache {
 
 // answer writes into out the fast path's answer to packet p, parsing the
 // query into q with key as scratch space, and reports whether there is one.
+// Without one, the fastcache returned is the one whose store it looked in
+// (nil when the fast path did not understand the query or does not serve
+// its zone).
 func (l *listener) answer(p, key, out []byte, q *query, at time.Time) ([]byte, *FastCache, bool) {
 	if !parseQuery(p, key, q) {
 		return nil, nil, false
@@ -284,12 +364,12 @@ func (l *listener) answer(p, key, out []byte, q *query, at time.Time) ([]byte, *
 	e := f.store.get(q.key, now)
 	if e == nil || int(e.respLen) > q.size || int(e.nameLen) != q.nameLen {
 		f.m.miss()
-		return nil, nil, false
+		return nil, f, false
 	}
 	ttl := e.ttlAt(now)
 	if ttl == 0 {
 		f.m.miss()
-		return nil, nil, false
+		return nil, f, false
 	}
 	return answer(out, e, p, q, ttl), f, true
 }
