@@ -109,7 +109,7 @@ func parse(c *caddy.Controller) (*Spread, error) {
 		refresh: 5 * time.Second, readTimeout: 900 * time.Millisecond, expire: 10 * time.Second,
 		hedgeMin: 100 * time.Millisecond, hedgeMax: 500 * time.Millisecond,
 		attempts: 3, maxInFlight: 1000, port: "53",
-		known: map[string]*upstream{}, stop: make(chan struct{}), done: make(chan struct{}),
+		known: map[string]*upstream{}, stop: make(chan struct{}), done: make(chan struct{}), tries: make(chan tryJob),
 		log: log.Infof, clock: time.Now,
 	}
 	if !c.Next() {

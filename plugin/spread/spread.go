@@ -58,7 +58,10 @@ type Spread struct {
 	attempts           int
 	maxInFlight        int64
 
-	inFlight  atomic.Int64
+	inFlight atomic.Int64
+	// tries hands an attempt to an idle trier; triers counts them.
+	tries     chan tryJob
+	triers    atomic.Int32
 	rr        atomic.Uint32
 	endpoints atomic.Pointer[[]*upstream]
 	// known is the last set of endpoint addresses looked up, by address.
@@ -157,7 +160,7 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 		pending++
 		a.u.m.requests.Inc()
 		req := state.Req.Copy()
-		go s.try(ctx, i, a, request.Request{W: state.W, Req: req}, results)
+		s.goTry(tryJob{ctx: ctx, i: i, a: a, state: request.Request{W: state.W, Req: req}, results: results})
 		return true
 	}
 	if !launch() {
@@ -200,6 +203,51 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 			}
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		}
+	}
+}
+
+// tryJob is one attempt for a trier to run.
+type tryJob struct {
+	ctx     context.Context
+	i       int
+	a       *attempt
+	state   request.Request
+	results chan<- result
+}
+
+// maxTriers bounds the long-lived goroutines that run attempts one after
+// another. A trier's stack has grown to what an exchange needs; a new
+// goroutine per attempt starts small and copies its stack as it packs and
+// unpacks. Past the bound, an attempt runs in a goroutine of its own.
+const maxTriers = 64
+
+// goTry runs j in an idle trier, a new one while there are fewer than
+// maxTriers, or a goroutine of its own.
+func (s *Spread) goTry(j tryJob) {
+	select {
+	case s.tries <- j:
+		return
+	default:
+	}
+	if s.triers.Add(1) <= maxTriers {
+		go s.trier(j)
+		return
+	}
+	s.triers.Add(-1)
+	go s.try(j.ctx, j.i, j.a, j.state, j.results)
+}
+
+// trier runs j, then every attempt it is handed, until the plugin stops.
+func (s *Spread) trier(j tryJob) {
+	defer s.triers.Add(-1)
+	for {
+		s.try(j.ctx, j.i, j.a, j.state, j.results)
+		j = tryJob{} // nothing of the last query is kept while idle
+		select {
+		case j = <-s.tries:
+		case <-s.stop:
+			return
 		}
 	}
 }

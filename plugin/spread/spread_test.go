@@ -448,3 +448,33 @@ func TestShutdownWithoutStartup(t *testing.T) {
 		t.Fatal("shutdown of an instance never started hangs")
 	}
 }
+
+// TestTriersReused: attempts one after another run in the same long-lived
+// goroutine, not in one of their own each, and the goroutines end with the
+// plugin.
+func TestTriersReused(t *testing.T) {
+	svc, _, _ := cluster(t, 0)
+	s, err := parse(caddy.NewTestController("dns", fmt.Sprintf("spread . %s", svc.addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.log = func(string, ...any) {}
+	s.startup(t.Name())
+	for i := range 20 {
+		if _, _, err := query(t, s, fmt.Sprintf("a%d.example.", i)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond) // the trier is back waiting
+	}
+	if n := s.triers.Load(); n < 1 || n > 2 {
+		t.Errorf("%d triers after 20 queries one at a time, want 1 (2 at most, if one was slow to get back)", n)
+	}
+	s.shutdown()
+	deadline := time.Now().Add(time.Second)
+	for s.triers.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d triers left after shutdown", s.triers.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
