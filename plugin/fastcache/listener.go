@@ -218,18 +218,26 @@ func (l *listener) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	// miekg/dns has already given the packet's buffer back (the message
 	// holds no part of it) and does nothing with w once this returns: a
 	// worker may answer after it.
-	j := job{w: w, r: r, counted: l.limit.Load() != nil}
+	counted := l.limit.Load() != nil
+	if !l.dispatch(job{w: w, r: r, counted: counted}) {
+		l.serve(w, r, counted)
+	}
+}
+
+// dispatch gives j to an idle worker, or to a new one while there are
+// fewer than maxWorkers, and reports whether it did.
+func (l *listener) dispatch(j job) bool {
 	select {
 	case l.jobs <- j:
-		return
+		return true
 	default:
 	}
 	if l.workers.Add(1) <= maxWorkers {
 		go l.work(j)
-		return
+		return true
 	}
 	l.workers.Add(-1)
-	l.serve(j.w, j.r, j.counted)
+	return false
 }
 
 // handOff gives a query the fast path's reader understood but has no
@@ -238,20 +246,11 @@ func (l *listener) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 // would start a goroutine for it, whose stack grows as it unpacks the
 // query, only to hand it to a worker. p is copied.
 func (l *listener) handOff(p []byte, peer netip.AddrPort, counted bool) bool {
-	j := job{pkt: slices.Clone(p), peer: peer, counted: counted}
-	select {
-	case l.jobs <- j:
-		l.handedOff.Add(1)
-		return true
-	default:
+	if !l.dispatch(job{pkt: slices.Clone(p), peer: peer, counted: counted}) {
+		return false
 	}
-	if l.workers.Add(1) <= maxWorkers {
-		l.handedOff.Add(1)
-		go l.work(j)
-		return true
-	}
-	l.workers.Add(-1)
-	return false
+	l.handedOff.Add(1)
+	return true
 }
 
 // work serves j, then every job it is handed, until the listener stops.
