@@ -119,6 +119,11 @@ func (w *budgetWriter) WriteMsg(m *dns.Msg) error {
 	n := m.Len()
 	if n <= largeAnswer || len(w.req.Question) != 1 {
 		if w.lk != nil && !prefetching(w) {
+			if w.f.denial != nil && w.lk.key != nil {
+				if ok, err := w.storeOnce(m); ok {
+					return err
+				}
+			}
 			// The cache copies m before it changes it.
 			w.lk.answer.Store(m)
 		}

@@ -2,9 +2,10 @@
 // for plain UDP queries are answered from stored wire bytes by the goroutine
 // that read the packet, without unpacking the query or running the plugin
 // chain. Everything else comes from CoreDNS's own cache plugin, configured
-// by the same options, and every answer stored is one it stored, as it
-// answers it from its cache, so that the Corefile means what it says and
-// the answers are CoreDNS's.
+// by the same options, so that the Corefile means what it says and the
+// answers are CoreDNS's; with the options the fast path follows
+// (storeMisses), the answers it stores are stored there only, and the
+// fast path's store answers for them as the cache would (storeonce.go).
 package fastcache
 
 import (
@@ -26,8 +27,15 @@ type FastCache struct {
 	// cache is CoreDNS's cache plugin, whose next handler is an upstream
 	// marker in front of Next.
 	cache plugin.Handler
+	// up is the upstream marker, the cache's next handler.
+	up    upstream
 	opts  options
 	store *store
+	// denial, with storeMisses, holds the denials (NXDOMAIN, NODATA) as
+	// store holds the answers, each up to the cache's capacity for them:
+	// the fast path's stores are then the cache of what they hold (see
+	// storeonce.go). Without, store holds both, and nil.
+	denial *store
 	// zone is the server block's zone, the one the fast path routes by.
 	zone string
 	// fast is set at start-up when the plugins before this one in the
@@ -64,25 +72,53 @@ func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 		buf [maxKey]byte
 	)
 	now := f.store.now()
-	if !parseQuery(wire, buf[:], &q) || f.store.get(q.key, now) != nil {
+	if !parseQuery(wire, buf[:], &q) {
+		return f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, &lookup{client: w}), w, r)
+	}
+	if f.denial != nil {
+		e := f.lookup(q.key, now, int64(f.opts.staleUpTo))
+		exact := e != nil
+		if e == nil && !q.do {
+			// CoreDNS's cache keys on the DO bit, not on EDNS: an answer
+			// stored for a query with EDNS answers one without, and the
+			// other way round (the server sizes it for each).
+			var other [maxKey]byte
+			k := other[:copy(other[:], q.key)]
+			k[len(k)-1] ^= keyEDNS
+			e = f.lookup(k, now, int64(f.opts.staleUpTo))
+		}
+		if e != nil {
+			return f.fromStore(ctx, w, r, q.key, e, now, exact)
+		}
+	} else if f.store.get(q.key, now) != nil {
 		return f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, &lookup{client: w}), w, r)
 	}
 	cw := &captureWriter{ResponseWriter: w}
-	lk := &lookup{client: cw}
+	lk := &lookup{client: cw, w: w, r: r, key: q.key}
 	rc, err := f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, lk), cw, r)
-	switch {
-	case cw.msg != nil && !lk.upstream.Load():
+	if cw.msg != nil && !lk.upstream.Load() {
 		f.capture(q.key, cw.msg, now, false)
-	case f.opts.storeMisses:
-		if a := lk.answer.Load(); a != nil {
-			if m := f.hitAnswer(w, r, a); m != nil {
-				// Aged from now, as the cache's item is, not from
-				// before the upstream answered.
-				f.capture(q.key, m, f.store.now(), true)
-			}
-		}
+	} else {
+		f.storeAfter(lk)
 	}
 	return rc, err
+}
+
+// storeAfter stores, with storeMisses, the answer the cache stored for
+// lk's request, unless storeOnce stored it or found it cannot: the
+// upstream's answer came through a writer of the cache's other than its
+// miss writer's.
+func (f *FastCache) storeAfter(lk *lookup) {
+	if !f.opts.storeMisses || lk.tried.Load() {
+		return
+	}
+	if a := lk.answer.Load(); a != nil {
+		if m, _ := f.hitAnswer(lk.w, lk.r, a); m != nil {
+			// Aged from now, as the cache's item is, not from before the
+			// upstream answered.
+			f.capture(lk.key, m, f.store.now(), true)
+		}
+	}
 }
 
 // hitAnswer returns the answer CoreDNS's cache gives to r, as CoreDNS's
@@ -94,23 +130,21 @@ func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 // bounds, the authoritative bit set, AD only when DO or AD was asked, no
 // OPT but the one the server adds for the client. TestDifferential
 // compares its answers with the cache's.
-func (f *FastCache) hitAnswer(w dns.ResponseWriter, r, a *dns.Msg) *dns.Msg {
+func (f *FastCache) hitAnswer(w dns.ResponseWriter, r, a *dns.Msg) (*dns.Msg, uint32) {
 	state := request.Request{W: w, Req: r}
-	if a.Truncated || len(a.Question) != 1 || !state.Match(a) {
-		return nil
+	if len(a.Question) != 1 || !state.Match(a) {
+		return nil, 0
 	}
-	var d time.Duration
-	switch mt, _ := response.Typify(a, time.Now().UTC()); mt {
-	case response.NoError:
-		d = min(max(dnsutil.MinimalTTLWithMaximum(a, mt, f.opts.successTTL), f.opts.minSuccessTTL), f.opts.successTTL)
-	case response.NameError, response.NoData:
-		d = min(max(dnsutil.MinimalTTLWithMaximum(a, mt, f.opts.denialTTL), f.opts.minDenialTTL), f.opts.denialTTL)
-	default:
-		return nil
+	mt, ok := cacheType(a, time.Now().UTC())
+	if !ok {
+		return nil, 0
 	}
-	ttl := uint32(d / time.Second)
+	if mt != response.NoError && mt != response.NameError && mt != response.NoData {
+		return nil, 0
+	}
+	ttl := f.storedTTL(a, mt)
 	if ttl == 0 {
-		return nil
+		return nil, 0
 	}
 	m := new(dns.Msg)
 	m.SetReply(r)
@@ -120,9 +154,22 @@ func (f *FastCache) hitAnswer(w dns.ResponseWriter, r, a *dns.Msg) *dns.Msg {
 	m.Rcode = a.Rcode
 	m.Answer, m.Ns, m.Extra = withTTL(a.Answer, ttl), withTTL(a.Ns, ttl), withTTL(a.Extra, ttl)
 	if err := request.NewScrubWriter(r, discardWriter{w}).WriteMsg(m); err != nil {
-		return nil
+		return nil, 0
 	}
-	return m
+	return m, ttl
+}
+
+// storedTTL is the TTL CoreDNS's cache stores answer a of type mt with
+// (an answer or a denial; not SERVFAIL), within its bounds.
+func (f *FastCache) storedTTL(a *dns.Msg, mt response.Type) uint32 {
+	var d time.Duration
+	switch mt {
+	case response.NameError, response.NoData:
+		d = min(max(dnsutil.MinimalTTLWithMaximum(a, mt, f.opts.denialTTL), f.opts.minDenialTTL), f.opts.denialTTL)
+	default:
+		d = min(max(dnsutil.MinimalTTLWithMaximum(a, mt, f.opts.successTTL), f.opts.minSuccessTTL), f.opts.successTTL)
+	}
+	return uint32(d / time.Second)
 }
 
 // withTTL copies rrs but OPT records, with TTL ttl.
@@ -150,9 +197,9 @@ func (discardWriter) WriteMsg(*dns.Msg) error { return nil }
 // added, possibly truncated), unless it cannot be served again as is:
 // truncated, with no record to age, or served stale (TTL 0, or, unless m
 // is known fresh, the configured stale TTL).
-func (f *FastCache) capture(key []byte, m *dns.Msg, now int64, fresh bool) {
+func (f *FastCache) capture(key []byte, m *dns.Msg, now int64, fresh bool) bool {
 	if m.Truncated || len(m.Question) != 1 {
-		return
+		return false
 	}
 	// Packed uncompressed, as CoreDNS sends every answer that fits: the
 	// question's case is patched per query and must not leak into the
@@ -162,11 +209,11 @@ func (f *FastCache) capture(key []byte, m *dns.Msg, now int64, fresh bool) {
 	resp, err := m.Pack()
 	m.Compress = compress
 	if err != nil || len(resp) > maxFastAnswer {
-		return
+		return false
 	}
 	l, err := parseLayout(resp)
 	if err != nil || l.ttl == 0 || (!fresh && f.opts.staleTTL > 0 && l.ttl == f.opts.staleTTL) {
-		return
+		return false
 	}
 	life := l.ttl
 	if f.opts.prefetch > 0 {
@@ -175,14 +222,49 @@ func (f *FastCache) capture(key []byte, m *dns.Msg, now int64, fresh bool) {
 		life -= l.ttl * uint32(f.opts.percentage) / 100
 	}
 	if life == 0 {
-		return
+		return false
 	}
 	e := newEntry(key, resp, l, now, now+int64(life)*int64(time.Second))
 	if e == nil {
-		return
+		return false
 	}
-	f.store.put(e)
-	f.m.size.Set(float64(f.store.len()))
+	st := f.store
+	if f.denial != nil {
+		// The newest answer for the key replaces the other kind's.
+		if mt, _ := cacheType(m, time.Now().UTC()); mt == response.NameError || mt == response.NoData {
+			st = f.denial
+			f.store.delete(key)
+		} else {
+			f.denial.delete(key)
+		}
+	}
+	st.put(e)
+	if f.m != nil {
+		f.m.size.Set(float64(f.entries()))
+	}
+	return true
+}
+
+// entries is the number of answers the fast path holds.
+func (f *FastCache) entries() int {
+	n := f.store.len()
+	if f.denial != nil {
+		n += f.denial.len()
+	}
+	return n
+}
+
+// lookup returns the stored answer for key fresh at now, or expired less
+// than grace ago.
+func (f *FastCache) lookup(key []byte, now, grace int64) *entry {
+	h := f.store.hash(key)
+	if e := f.store.getHashed(h, key, now, grace); e != nil {
+		return e
+	}
+	if f.denial != nil {
+		return f.denial.getHashed(h, key, now, grace)
+	}
+	return nil
 }
 
 // maxFastAnswer is the largest answer the fast path sends: above it CoreDNS
@@ -208,6 +290,14 @@ type lookup struct {
 	// client is the writer CoreDNS's cache was given: the way to the
 	// client past the cache (budgetWriter).
 	client dns.ResponseWriter
+	// The key of the request in the fast path's store, and the request
+	// and the writer to its client (for its size and DO bit): with
+	// storeMisses an upstream answer the fast path stores is stored there
+	// only (storeOnce), and tried set.
+	key   []byte
+	r     *dns.Msg
+	w     dns.ResponseWriter
+	tried atomic.Bool
 	// upstream is set when the cache passed the request on (a miss, a
 	// refresh, a prefetch).
 	upstream atomic.Bool

@@ -27,13 +27,7 @@ import (
 // needs.
 func authServer(t *testing.T) string {
 	t.Helper()
-	rr := func(s string) dns.RR {
-		r, err := dns.NewRR(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
+	rr := func(s string) dns.RR { return newRR(t, s) }
 	soa := rr("example.org. 60 IN SOA ns.example.org. hostmaster.example.org. 1 7200 3600 1209600 30")
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
@@ -78,6 +72,16 @@ func authServer(t *testing.T) string {
 		_ = w.WriteMsg(m)
 	})
 	return testUpstream(t, h)
+}
+
+// newRR parses the record s.
+func newRR(t testing.TB, s string) dns.RR {
+	t.Helper()
+	r, err := dns.NewRR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 func freePort(t *testing.T) int {
@@ -332,7 +336,7 @@ func storedWithin(t *testing.T, addr, zone string, q *dns.Msg, d time.Duration) 
 			f = l.zones[zoneKey(zone)]
 		}
 		listeners.mu.Unlock()
-		if f != nil && f.store.get(pq.key, f.store.now()) != nil {
+		if f != nil && f.lookup(pq.key, f.store.now(), 0) != nil {
 			return true
 		}
 		if time.Now().After(deadline) {

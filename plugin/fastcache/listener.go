@@ -360,7 +360,7 @@ func (l *listener) answer(p, key, out []byte, q *query, at time.Time) ([]byte, *
 		q.udpSize, q.size = uint16(f.maxUDP), f.maxUDP
 	}
 	now := int64(at.Sub(f.store.epoch))
-	e := f.store.get(q.key, now)
+	e := f.lookup(q.key, now, 0)
 	if e == nil || int(e.respLen) > q.size || int(e.nameLen) != q.nameLen {
 		f.m.miss()
 		return nil, f, false

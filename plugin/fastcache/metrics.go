@@ -32,6 +32,14 @@ var (
 		Name:      "misses_total",
 		Help:      "The count of queries the fast path looked up and passed on to the plugin chain.",
 	}, []string{"zone"})
+	// servedStale counts the expired answers the fast path's store served
+	// (serve_stale, with the answers it holds alone: storeonce.go).
+	servedStale = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "served_stale_total",
+		Help:      "The count of expired answers served from the fast path's store (serve_stale).",
+	}, []string{"zone"})
 	// size is the number of answers the fast path holds.
 	size = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
@@ -85,8 +93,8 @@ var (
 // zoneMetrics are the counters one fastcache updates per query, resolved
 // once so that a hit allocates nothing.
 type zoneMetrics struct {
-	hits, misses, uncached prometheus.Counter
-	size                   prometheus.Gauge
+	hits, misses, uncached, stale prometheus.Counter
+	size                          prometheus.Gauge
 	// server is set when the prometheus plugin runs before fastcache: the
 	// fast path then counts its answers as the prometheus plugin would.
 	server *serverMetrics
@@ -94,7 +102,7 @@ type zoneMetrics struct {
 
 // registerAll registers the plugin's metrics (once, through registerMetrics).
 func registerAll() {
-	for _, c := range []prometheus.Collector{hits, misses, size, limitedDrops, uncached, largeBytes, largeLimit, tcpOpen, tcpRefused} {
+	for _, c := range []prometheus.Collector{hits, misses, servedStale, size, limitedDrops, uncached, largeBytes, largeLimit, tcpOpen, tcpRefused} {
 		_ = prometheus.DefaultRegisterer.Register(c)
 	}
 }
@@ -105,6 +113,7 @@ func newZoneMetrics(cfg *dnsserver.Config, f *FastCache) *zoneMetrics {
 		hits:     hits.WithLabelValues(f.zone),
 		misses:   misses.WithLabelValues(f.zone),
 		uncached: uncached.WithLabelValues(f.zone),
+		stale:    servedStale.WithLabelValues(f.zone),
 		size:     size.WithLabelValues(f.zone),
 	}
 	if h, ok := cfg.Handler("prometheus").(*metrics.Metrics); ok && h != nil {

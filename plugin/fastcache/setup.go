@@ -44,11 +44,18 @@ func Register() {
 // options are the cache options the fast path has to honour; CoreDNS's
 // cache parses and validates them all.
 type options struct {
-	capacity   int
 	keepTTL    bool
 	prefetch   int
 	percentage int
 	staleTTL   uint32
+	// serve_stale: how long after expiry an entry is served, whether it
+	// is refreshed before (verify, within verifyTimeout; 0 waits for the
+	// upstream) or after it is served, and how long a failed refresh is
+	// not retried (0: every query retries).
+	staleUpTo, verifyTimeout, staleRecheck time.Duration
+	verify                                 bool
+	// The cache's capacities for answers and denials.
+	successCap, denialCap int
 	// retention bounds how long CoreDNS's cache keeps an entry: the larger
 	// of its two maximum TTLs, and the serve_stale duration after that.
 	retention time.Duration
@@ -83,11 +90,20 @@ func setup(c *caddy.Controller) error {
 		return plugin.Error(pluginName, err)
 	}
 
-	f := &FastCache{opts: opts, store: newStore(opts.capacity), zone: cfg.Zone}
+	f := &FastCache{opts: opts, zone: cfg.Zone}
+	if opts.storeMisses {
+		// The fast path's store is the cache of what it stores, with the
+		// cache's two capacities.
+		f.store = newStore(opts.successCap)
+		f.denial = f.store.sibling(opts.denialCap)
+	} else {
+		f.store = newStore(opts.successCap + opts.denialCap)
+	}
 	largeAnswers.size()
 	cfg.AddPlugin(func(next plugin.Handler) plugin.Handler {
 		f.Next = next
-		f.cache = cache(upstream{next: next, f: f})
+		f.up = upstream{next: next, f: f}
+		f.cache = cache(f.up)
 		return f
 	})
 	addrs := listenAddrs(cfg)
@@ -271,9 +287,18 @@ func parseOptions(d *caddyfile.Dispenser) (options, error) {
 					}
 					stale = d
 				}
+				o.staleUpTo = stale
 				at := 2
 				if len(args) > 1 && strings.EqualFold(args[1], "verify") {
+					o.verify = true
 					at = 3
+					if len(args) > 2 {
+						d, err := time.ParseDuration(args[2])
+						if err != nil {
+							return o, err
+						}
+						o.verifyTimeout = d
+					}
 				}
 				if len(args) > at {
 					d, err := time.ParseDuration(args[at])
@@ -282,10 +307,17 @@ func parseOptions(d *caddyfile.Dispenser) (options, error) {
 					}
 					o.staleTTL = uint32(d / time.Second)
 				}
+				if len(args) > at+1 {
+					d, err := time.ParseDuration(args[at+1])
+					if err != nil {
+						return o, err
+					}
+					o.staleRecheck = d
+				}
 			}
 		}
 	}
-	o.capacity = success + denial
+	o.successCap, o.denialCap = success, denial
 	o.successTTL, o.minSuccessTTL = time.Duration(successTTL)*time.Second, time.Duration(minSuccessTTL)*time.Second
 	o.denialTTL, o.minDenialTTL = time.Duration(denialTTL)*time.Second, time.Duration(minDenialTTL)*time.Second
 	o.retention = time.Duration(max(successTTL, denialTTL))*time.Second + stale

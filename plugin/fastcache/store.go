@@ -23,6 +23,11 @@ type entry struct {
 	// stored is when the answer carried ttl, and until is when the fast
 	// path stops serving it, both on the store's clock.
 	stored, until int64
+	// refresh is the state of serve_stale's refresh of an expired entry:
+	// 0 none, -1 one running, else the time (on the store's clock) before
+	// which a failed one is not retried. Changed atomically; the rest of the
+	// entry is immutable.
+	refresh int64
 	// ttl is the TTL every record carried when the answer was stored.
 	ttl             uint32
 	keyLen, respLen uint16
@@ -129,6 +134,14 @@ func newStore(capacity int) *store {
 	return s
 }
 
+// sibling returns an empty store of the given capacity on s's clock and
+// with s's hash seed, so that one hash finds a key in either.
+func (s *store) sibling(capacity int) *store {
+	t := newStore(capacity)
+	t.epoch, t.seed = s.epoch, s.seed
+	return t
+}
+
 // now is the store's monotonic clock, in nanoseconds.
 func (s *store) now() int64 { return int64(time.Since(s.epoch)) }
 
@@ -139,8 +152,11 @@ func (s *store) hash(key []byte) uint64 { return maphash.Bytes(s.seed, key) | 1 
 func (s *store) shardOf(h uint64) *shard { return &s.shard[h>>(64-6)] }
 
 // get returns the entry for key if the fast path may still serve it at now.
-func (s *store) get(key []byte, now int64) *entry {
-	h := s.hash(key)
+func (s *store) get(key []byte, now int64) *entry { return s.getHashed(s.hash(key), key, now, 0) }
+
+// getHashed returns the entry for key, of hash h, if it is fresh at now or
+// expired less than grace ago.
+func (s *store) getHashed(h uint64, key []byte, now, grace int64) *entry {
 	sh := s.shardOf(h)
 	sh.mu.RLock()
 	var e *entry
@@ -148,7 +164,7 @@ func (s *store) get(key []byte, now int64) *entry {
 		e = sh.slots[i].e
 	}
 	sh.mu.RUnlock()
-	if e == nil || now >= e.until || string(e.key()) != string(key) {
+	if e == nil || now >= e.until+grace || string(e.key()) != string(key) {
 		return nil
 	}
 	return e
@@ -176,6 +192,39 @@ func (s *store) put(e *entry) {
 	sh.slots[i] = slot{h: h, e: e}
 	sh.n++
 	s.size.Add(1)
+}
+
+// delete removes the entry for key, if any.
+func (s *store) delete(key []byte) {
+	h := s.hash(key)
+	sh := s.shardOf(h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if i, ok := sh.find(h); ok && string(sh.slots[i].e.key()) == string(key) {
+		sh.remove(i)
+		s.size.Add(-1)
+	}
+}
+
+// beginRefresh reports whether a refresh of the expired entry may start at
+// now, and marks one running: not while one runs, nor, with recheck, until
+// recheck after one that failed (CoreDNS's item.beginRefresh).
+func (e *entry) beginRefresh(now int64) bool {
+	v := atomic.LoadInt64(&e.refresh)
+	if v < 0 || v > 0 && now < v {
+		return false
+	}
+	return atomic.CompareAndSwapInt64(&e.refresh, v, -1)
+}
+
+// endRefresh ends the refresh begun; one that failed is not retried for
+// recheck.
+func (e *entry) endRefresh(now int64, recheck time.Duration, refreshed bool) {
+	var v int64
+	if recheck > 0 && !refreshed {
+		v = now + int64(recheck)
+	}
+	atomic.StoreInt64(&e.refresh, v)
 }
 
 // evictProbes is how many entries a full shard looks at for one the fast
