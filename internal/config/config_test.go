@@ -248,9 +248,9 @@ func TestSized(t *testing.T) {
 		capacity, maxConcurrent int
 	}{
 		{0, DefaultCacheCapacity, DefaultMaxConcurrent},
-		{128 * mib, 3584, 400},     // 0.40 L / (4 × 3.5 KiB); 0.15 L / (2 × 20 KiB)
-		{256 * mib, 7424, 900},     // twice as much, rounded down
-		{16 * mib, 256, 100},       // the smallest limits get the floors
+		{128 * mib, 7424, 400},     // 0.40 L / (4 × 1.75 KiB); 0.15 L / (2 × 20 KiB)
+		{256 * mib, 14848, 900},    // twice as much, rounded down
+		{16 * mib, 768, 100},       // the smallest limits get the floor of misses in flight
 		{1 * mib, 256, 100},        // one entry per shard at least
 		{64 << 30, 1 << 20, 10000}, // the ceilings
 	} {

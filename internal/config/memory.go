@@ -9,8 +9,11 @@ package config
 //	caches            0.40 L  builtInCaches caches of SizedCapacity entries,
 //	                          each at most EntryCost (measured by
 //	                          internal/server.TestEntryCost)
-//	large answers     0.85 L / 8 (≈ 0.11 L): answers above the UDP cap,
-//	                          counted at their size (plugin/fastcache)
+//	large answers     0.85 L / 8 (≈ 0.11 L): what CoreDNS's cache holds
+//	                          besides the fast path's store (answers above
+//	                          the UDP cap, SERVFAILs, delegations, queries
+//	                          the fast path does not parse), counted at
+//	                          their size (plugin/fastcache)
 //	misses in flight  0.15 L  builtInForwards × max_concurrent, each at most
 //	                          inflightCost
 //	TCP connections   0.85 L / 8 (≈ 0.11 L): the fast path's listener caps
@@ -19,12 +22,14 @@ package config
 //	                          being answered
 const (
 	cacheShare = 0.40
-	// EntryCost bounds what one cached name costs with an answer of up to
-	// the UDP cap (1,232 bytes): CoreDNS's cache item (the records as Go
-	// values, about twice the wire size) and the fast path's copy of the
-	// wire answer (plugin/fastcache's store), with their keys and headers:
-	// 2,960 bytes measured for a 1,136-byte answer, and some room.
-	EntryCost = 3584
+	// EntryCost bounds what one cached name costs: the fast path's entry
+	// (plugin/fastcache's store, the only place the built-in Corefile's
+	// caches keep an answer the fast path serves), its wire answer of up to
+	// 1,220 bytes with its key, header and table slot: 1,338 bytes
+	// measured for a 1,136-byte answer, and room for the longest names.
+	// What CoreDNS's cache holds besides counts against the large answers'
+	// budget.
+	EntryCost = 1792
 	// builtInCaches: the built-in Corefile has two server blocks with a
 	// fastcache each, each with a success and a denial cache.
 	builtInCaches = 4

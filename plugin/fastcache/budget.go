@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
 
@@ -24,6 +25,9 @@ const (
 	// CoreDNS's cache holds it as records, Go values (about twice the wire
 	// size for the large TXT or A sets that make large answers).
 	goCost = 2
+	// itemCost is what CoreDNS's cache item costs besides its records:
+	// the item, its frequency counter, its place in the shard's map.
+	itemCost = 512
 	// defaultBudget is the budget when Go has no soft memory limit.
 	defaultBudget = 64 << 20
 	// sweepEvery bounds how often a full budget is swept for entries past
@@ -74,6 +78,10 @@ func (b *budget) size() {
 // is then over by at most the difference.
 func (b *budget) admit(key string, n int, now, until time.Time) bool {
 	cost := int64(n) * goCost
+	if n <= largeAnswer {
+		// A small answer's item costs more than its records.
+		cost += itemCost
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if c, ok := b.held[key]; ok {
@@ -127,7 +135,15 @@ func (w *budgetWriter) WriteMsg(m *dns.Msg) error {
 			// The cache copies m before it changes it.
 			w.lk.answer.Store(m)
 		}
-		return w.ResponseWriter.WriteMsg(m)
+		// (Without a lookup, fastcache's own refresh of a stored answer:
+		// nothing for CoreDNS's cache.)
+		if len(w.req.Question) != 1 || w.f.denial == nil || w.lk == nil || !w.cached(m) {
+			return w.ResponseWriter.WriteMsg(m)
+		}
+		// Where the fast path's store is the cache of what it holds
+		// (storeOnce), what CoreDNS's cache stores besides counts against
+		// the budget whatever its size: the caches' capacities are sized
+		// for the fast path's compact entries.
 	}
 	now := time.Now()
 	if largeAnswers.admit(w.key(), n, now, now.Add(w.f.opts.retention)) {
@@ -146,6 +162,14 @@ func (w *budgetWriter) WriteMsg(m *dns.Msg) error {
 		return nil
 	}
 	return w.lk.client.WriteMsg(m)
+}
+
+// cached reports whether CoreDNS's cache stores m, the answer to w's
+// request (cache.go: key).
+func (w *budgetWriter) cached(m *dns.Msg) bool {
+	state := request.Request{W: w, Req: w.req}
+	_, ok := cacheType(m, time.Now().UTC())
+	return ok && state.Match(m)
 }
 
 // prefetching reports whether w is the writer of one of the cache's

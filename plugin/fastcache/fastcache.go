@@ -240,7 +240,10 @@ func (f *FastCache) capture(key []byte, m *dns.Msg, now int64, fresh bool) bool 
 	}
 	st.put(e)
 	if f.m != nil {
-		f.m.size.Set(float64(f.entries()))
+		f.m.size.Set(float64(f.store.len()))
+		if f.denial != nil {
+			f.m.denials.Set(float64(f.denial.len()))
+		}
 	}
 	return true
 }

@@ -45,8 +45,8 @@ var (
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "entries",
-		Help:      "The number of answers stored for the fast path.",
-	}, []string{"zone"})
+		Help:      "The number of answers stored for the fast path, by type: success and denial where the fast path's store is the cache of what it holds, all (both) where CoreDNS's cache holds them as well.",
+	}, []string{"zone", "type"})
 
 	// uncached counts the large answers sent without being cached, the
 	// budget for large answers being full.
@@ -54,7 +54,7 @@ var (
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "uncached_large_answers_total",
-		Help:      "The count of answers larger than 1232 bytes sent without being cached, the budget for large answers being full.",
+		Help:      "The count of answers sent without being cached, the budget for large answers being full: answers larger than 1232 bytes, and, where fastcache stores answers once, any CoreDNS's cache would hold besides.",
 	}, []string{"zone"})
 	// largeBytes is what the large answers cached are counted at.
 	largeBytes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -94,7 +94,9 @@ var (
 // once so that a hit allocates nothing.
 type zoneMetrics struct {
 	hits, misses, uncached, stale prometheus.Counter
-	size                          prometheus.Gauge
+	// size and denials are the stores' sizes (denials nil without a
+	// denial store).
+	size, denials prometheus.Gauge
 	// server is set when the prometheus plugin runs before fastcache: the
 	// fast path then counts its answers as the prometheus plugin would.
 	server *serverMetrics
@@ -114,7 +116,11 @@ func newZoneMetrics(cfg *dnsserver.Config, f *FastCache) *zoneMetrics {
 		misses:   misses.WithLabelValues(f.zone),
 		uncached: uncached.WithLabelValues(f.zone),
 		stale:    servedStale.WithLabelValues(f.zone),
-		size:     size.WithLabelValues(f.zone),
+	}
+	if f.denial != nil {
+		m.size, m.denials = size.WithLabelValues(f.zone, "success"), size.WithLabelValues(f.zone, "denial")
+	} else {
+		m.size = size.WithLabelValues(f.zone, "all")
 	}
 	if h, ok := cfg.Handler("prometheus").(*metrics.Metrics); ok && h != nil {
 		m.server = &serverMetrics{zone: f.zone, plugin: nextAfter(cfg, "prometheus")}

@@ -235,10 +235,11 @@ const evictProbes = 8
 // of hash h stored at now: of the first evictProbes entries from a slot
 // picked by hash bits the index does not use (an arbitrary place), the
 // first the fast path no longer serves (expired: the plugin chain answers
-// its key, whether the entry is here or not), else the first.
+// its key, whether the entry is here or not), else the one that expires
+// first, which has the least of its life left to serve.
 func (sh *shard) victim(h uint64, now int64) uint64 {
 	mask := uint64(len(sh.slots) - 1)
-	first, probed := uint64(math.MaxUint64), 0
+	best, probed := uint64(math.MaxUint64), 0
 	for i := (h >> 32) & mask; probed < min(evictProbes, sh.n); i = (i + 1) & mask {
 		if sh.slots[i].h == 0 {
 			continue
@@ -246,12 +247,12 @@ func (sh *shard) victim(h uint64, now int64) uint64 {
 		if sh.slots[i].e.until <= now {
 			return i
 		}
-		if probed == 0 {
-			first = i
+		if probed == 0 || sh.slots[i].e.until < sh.slots[best].e.until {
+			best = i
 		}
 		probed++
 	}
-	return first
+	return best
 }
 
 // find returns the slot holding h, or the empty slot where h goes.

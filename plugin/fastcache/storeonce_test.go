@@ -103,11 +103,13 @@ func cacheEntries(t *testing.T, addr, typ string) float64 {
 // TestStoredOnce checks that an answer the fast path stores is not also in
 // CoreDNS's cache, and that the fast path's stores then answer every later
 // query of it, over UDP and TCP, without asking the upstream again; what
-// the fast path cannot store (a large answer) is still CoreDNS's.
+// the fast path cannot store (a large answer, a SERVFAIL) is still
+// CoreDNS's, counted against the budget.
 func TestStoredOnce(t *testing.T) {
 	u, up := newFlipUpstream(t)
 	addr := startCoreDNS(t, "example.org.", "    fastcache {\n        success 1000 30\n        denial 1000 5\n    }\n    forward . "+up)
 	fastConn(t, addr)
+	budgetBefore := largeAnswers.inUse()
 	var names []string
 	for i := range 20 {
 		names = append(names, fmt.Sprintf("a-%d.example.org.", i))
@@ -131,18 +133,41 @@ func TestStoredOnce(t *testing.T) {
 			}
 		}
 	}
+	if got := largeAnswers.inUse() - budgetBefore; got != 0 {
+		t.Errorf("%d bytes counted against the budget for answers only the fast path's store holds", got)
+	}
 	big := new(dns.Msg)
-	big.SetQuestion("big.example.org.", dns.TypeTXT)
+	bigName := fmt.Sprintf("big.%d.example.org.", time.Now().UnixNano())
+	big.SetQuestion(bigName, dns.TypeTXT)
 	for range 2 {
 		if r := exchange(t, "tcp", addr, big); len(r.Answer) != 60 {
 			t.Fatalf("big: %d records, want 60", len(r.Answer))
 		}
 	}
-	for _, n := range append(names, "big.example.org.") {
+	for _, n := range append(names, bigName) {
 		if c := u.count(n); c != 1 {
 			t.Errorf("%s asked upstream %d times, want once", n, c)
 		}
 	}
+	// What CoreDNS's cache stores besides counts against the budget
+	// whatever its size: a SERVFAIL (cached for 5 s) as much as the large
+	// answer.
+	bigCost := largeAnswers.inUse() - budgetBefore
+	if bigCost <= 0 {
+		t.Errorf("the large answer was not counted against the budget")
+	}
+	u.set(func(u *flipUpstream) { u.down = true })
+	sf := new(dns.Msg)
+	// A name of its own: the budget is the process's, and outlives the
+	// test's servers.
+	sf.SetQuestion(fmt.Sprintf("servfail-%d.example.org.", time.Now().UnixNano()), dns.TypeA)
+	if r := exchange(t, "udp", addr, sf); r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("servfail: rcode %d", r.Rcode)
+	}
+	if got := largeAnswers.inUse() - budgetBefore - bigCost; got < itemCost {
+		t.Errorf("a SERVFAIL CoreDNS's cache holds counted at %d bytes, want at least %d", got, itemCost)
+	}
+	u.set(func(u *flipUpstream) { u.down = false })
 	f := fastcacheOn(t, addr, "example.org.")
 	if got := f.entries(); got != len(names) {
 		t.Errorf("the fast path holds %d answers, want %d", got, len(names))
@@ -154,8 +179,8 @@ func TestStoredOnce(t *testing.T) {
 	if got := cacheEntries(t, addr, "success"); got != 1 {
 		t.Errorf("CoreDNS's cache holds %v answers, want 1 (the large one)", got)
 	}
-	if got := cacheEntries(t, addr, "denial"); got != 0 {
-		t.Errorf("CoreDNS's cache holds %v denials, want none", got)
+	if got := cacheEntries(t, addr, "denial"); got != 1 {
+		t.Errorf("CoreDNS's cache holds %v denials, want 1 (the SERVFAIL)", got)
 	}
 }
 
