@@ -284,6 +284,17 @@ func cacheStats(ctx context.Context, addr string, timeout time.Duration) (entrie
 		return total
 	}
 	entries = sum("coredns_cache_entries")
+	// The answers fastcache stores once are in its store alone (type
+	// success and denial); type all are copies of CoreDNS's.
+	if mf, ok := families["coredns_fastcache_entries"]; ok {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "type" && l.GetValue() != "all" {
+					entries += value(m)
+				}
+			}
+		}
+	}
 	// fastcache answers most hits itself, before CoreDNS's cache.
 	hits := sum("coredns_cache_hits_total") + sum("coredns_fastcache_hits_total")
 	misses := sum("coredns_cache_misses_total")
