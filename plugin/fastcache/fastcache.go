@@ -38,6 +38,9 @@ type FastCache struct {
 	denial *store
 	// zone is the server block's zone, the one the fast path routes by.
 	zone string
+	// cacheZones and view are the zones and view labels of CoreDNS's
+	// cache's metrics for the block.
+	cacheZones, view string
 	// fast is set at start-up when the plugins before this one in the
 	// chain have no effect on a cache hit (see eligible).
 	fast atomic.Bool

@@ -1,6 +1,7 @@
 package fastcache
 
 import (
+	"errors"
 	"math"
 	"slices"
 	"sync"
@@ -31,14 +32,6 @@ var (
 		Subsystem: pluginName,
 		Name:      "misses_total",
 		Help:      "The count of queries the fast path looked up and passed on to the plugin chain.",
-	}, []string{"zone"})
-	// servedStale counts the expired answers the fast path's store served
-	// (serve_stale, with the answers it holds alone: storeonce.go).
-	servedStale = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: pluginName,
-		Name:      "served_stale_total",
-		Help:      "The count of expired answers served from the fast path's store (serve_stale).",
 	}, []string{"zone"})
 	// size is the number of answers the fast path holds.
 	size = prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -93,7 +86,7 @@ var (
 // zoneMetrics are the counters one fastcache updates per query, resolved
 // once so that a hit allocates nothing.
 type zoneMetrics struct {
-	hits, misses, uncached, stale prometheus.Counter
+	hits, misses, uncached prometheus.Counter
 	// size and denials are the stores' sizes (denials nil without a
 	// denial store).
 	size, denials prometheus.Gauge
@@ -104,7 +97,7 @@ type zoneMetrics struct {
 
 // registerAll registers the plugin's metrics (once, through registerMetrics).
 func registerAll() {
-	for _, c := range []prometheus.Collector{hits, misses, servedStale, size, limitedDrops, uncached, largeBytes, largeLimit, tcpOpen, tcpRefused} {
+	for _, c := range []prometheus.Collector{hits, misses, size, limitedDrops, uncached, largeBytes, largeLimit, tcpOpen, tcpRefused} {
 		_ = prometheus.DefaultRegisterer.Register(c)
 	}
 }
@@ -115,7 +108,6 @@ func newZoneMetrics(cfg *dnsserver.Config, f *FastCache) *zoneMetrics {
 		hits:     hits.WithLabelValues(f.zone),
 		misses:   misses.WithLabelValues(f.zone),
 		uncached: uncached.WithLabelValues(f.zone),
-		stale:    servedStale.WithLabelValues(f.zone),
 	}
 	if f.denial != nil {
 		m.size, m.denials = size.WithLabelValues(f.zone, "success"), size.WithLabelValues(f.zone, "denial")
@@ -152,6 +144,39 @@ func nextAfter(cfg *dnsserver.Config, name string) string {
 }
 
 func (m *zoneMetrics) miss() { m.misses.Inc() }
+
+// CoreDNS's cache's counters of hits and of stale answers (plugin/cache's
+// metrics.go, the same options): where the fast path's store is the cache
+// of what it holds, the answers it gives through the plugin chain are the
+// cache's hits, and count there (the fast path's own in hits_total).
+var (
+	cacheHits = existingCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "cache",
+		Name:      "hits_total",
+		Help:      "The count of cache hits.",
+	}, []string{"server", "type", "zones", "view"})
+	cacheServedStale = existingCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "cache",
+		Name:      "served_stale_total",
+		Help:      "The number of requests served from stale cache entries.",
+	}, []string{"server", "zones", "view"})
+)
+
+// existingCounter returns the counter CoreDNS's cache registered with
+// opts and labels, or registers it.
+func existingCounter(opts prometheus.CounterOpts, labels []string) *prometheus.CounterVec {
+	v := prometheus.NewCounterVec(opts, labels)
+	err := prometheus.DefaultRegisterer.Register(v)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if e, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+			return e
+		}
+	}
+	return v
+}
 
 // pending holds the fast path's answers not yet in CoreDNS's request
 // metrics: the reading goroutine counts them between two reads, in batches

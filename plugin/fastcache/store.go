@@ -194,6 +194,17 @@ func (s *store) put(e *entry) {
 	s.size.Add(1)
 }
 
+// holds reports whether e is in s.
+func (s *store) holds(e *entry) bool {
+	key := e.key()
+	h := s.hash(key)
+	sh := s.shardOf(h)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	i, ok := sh.find(h)
+	return ok && sh.slots[i].e == e
+}
+
 // delete removes the entry for key, if any.
 func (s *store) delete(key []byte) {
 	h := s.hash(key)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/cache"
+	"github.com/coredns/coredns/plugin/metrics"
 	"github.com/coredns/coredns/plugin/pkg/response"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
@@ -108,6 +109,7 @@ func setTTL(rrs []dns.RR, ttl uint32) []dns.RR {
 // fresh answer from another key's entry is stored under r's as sent, for
 // the fast path, as a hit of CoreDNS's cache is.
 func (f *FastCache) fromStore(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, key []byte, e *entry, now int64, exact bool) (int, error) {
+	f.countHit(ctx, e)
 	if now < e.until {
 		m, err := entryMsg(r, e, cacheTTL(e, now))
 		if err != nil {
@@ -132,10 +134,18 @@ func (f *FastCache) fromStore(ctx context.Context, w dns.ResponseWriter, r *dns.
 		// immediate: served stale, refreshed after.
 		go f.refresh(ctx, w, r, key, e, true)
 	}
-	if f.m != nil {
-		f.m.stale.Inc()
-	}
+	cacheServedStale.WithLabelValues(metrics.WithServer(ctx), f.cacheZones, f.view).Inc()
 	return writeEntry(w, r, e, f.opts.staleTTL)
+}
+
+// countHit counts an answer from the stored e, fresh or stale, as CoreDNS's
+// cache counts a hit.
+func (f *FastCache) countHit(ctx context.Context, e *entry) {
+	typ := cache.Success
+	if f.denial != nil && f.denial.holds(e) {
+		typ = cache.Denial
+	}
+	cacheHits.WithLabelValues(metrics.WithServer(ctx), typ, f.cacheZones, f.view).Inc()
 }
 
 // cacheTTL is the TTL CoreDNS's cache gives an item stored as e at now:

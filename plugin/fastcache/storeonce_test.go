@@ -243,7 +243,8 @@ func TestServeStaleFromStore(t *testing.T) {
 	if !storedWithin(t, fast, "example.org.", q, time.Second) {
 		t.Fatal("not stored")
 	}
-	staleBefore := testutil.ToFloat64(servedStale.WithLabelValues("example.org."))
+	stale := cacheServedStale.WithLabelValues("dns://"+fast, "example.org.", "")
+	staleBefore := testutil.ToFloat64(stale)
 
 	time.Sleep(2100 * time.Millisecond)
 	all(func(u *flipUpstream) { u.down = true })
@@ -265,7 +266,7 @@ func TestServeStaleFromStore(t *testing.T) {
 	if took := ask("expired, upstream silent", "udp", "192.0.2.9", 7); took > time.Second {
 		t.Errorf("the stale answer took %v, want about the 200 ms verify timeout", took)
 	}
-	if got := testutil.ToFloat64(servedStale.WithLabelValues("example.org.")) - staleBefore; got != 3 {
+	if got := testutil.ToFloat64(stale) - staleBefore; got != 3 {
 		t.Errorf("%v stale answers counted, want 3", got)
 	}
 }
