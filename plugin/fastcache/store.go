@@ -246,11 +246,12 @@ const evictProbes = 8
 // of hash h stored at now: of the first evictProbes entries from a slot
 // picked by hash bits the index does not use (an arbitrary place), the
 // first the fast path no longer serves (expired: the plugin chain answers
-// its key, whether the entry is here or not), else the one that expires
-// first, which has the least of its life left to serve.
+// its key, whether the entry is here or not), else the first. (Not the
+// one that expires first: that is the one stored first, often a popular
+// name a flood of new ones would then push out.)
 func (sh *shard) victim(h uint64, now int64) uint64 {
 	mask := uint64(len(sh.slots) - 1)
-	best, probed := uint64(math.MaxUint64), 0
+	first, probed := uint64(math.MaxUint64), 0
 	for i := (h >> 32) & mask; probed < min(evictProbes, sh.n); i = (i + 1) & mask {
 		if sh.slots[i].h == 0 {
 			continue
@@ -258,12 +259,12 @@ func (sh *shard) victim(h uint64, now int64) uint64 {
 		if sh.slots[i].e.until <= now {
 			return i
 		}
-		if probed == 0 || sh.slots[i].e.until < sh.slots[best].e.until {
-			best = i
+		if probed == 0 {
+			first = i
 		}
 		probed++
 	}
-	return best
+	return first
 }
 
 // find returns the slot holding h, or the empty slot where h goes.
