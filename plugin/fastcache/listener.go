@@ -206,7 +206,7 @@ func attach(s *dnsserver.Server) dns.DecorateWriter {
 		return nil
 	}
 	l.serveTCP(ln, s)
-	if err := takeTCP(ap, fd); err != nil {
+	if err := takeTCP(ap, fd, l.serveTaken); err != nil {
 		log.Warningf("%s: %v; CoreDNS's listener shares the TCP connections with the fast path's", s.Addr, err)
 	}
 	return nil
@@ -375,9 +375,9 @@ func (l *listener) answer(p, key, out []byte, q *query, at time.Time) ([]byte, *
 
 // Attached waits up to timeout for every address with a fastcache to have
 // its fast path started, or found off, and reports whether they all have.
-// Until then a TCP connection that CoreDNS's listener queued is reset when
-// the fast path takes the address: the agent waits before it sends pods
-// there.
+// Until then TCP connections queue on CoreDNS's listener (handed to the
+// fast path when it takes the address): the agent waits before it sends
+// pods there.
 func Attached(timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for {

@@ -187,17 +187,7 @@ func (r arrivalReader) ReadTCP(conn net.Conn, timeout time.Duration) ([]byte, er
 // soft memory limit and the timeouts of CoreDNS's server s.
 func (l *listener) serveTCP(ln net.Listener, s *dnsserver.Server) {
 	total, perClient := tcpCaps(debug.SetMemoryLimit(-1))
-	capped := newCapListener(ln, s.Addr, total, perClient)
-	l.tcp = &dns.Server{
-		Listener:       capped,
-		Net:            "tcp",
-		MaxTCPQueries:  s.MaxTCPQueries,
-		ReadTimeout:    s.ReadTimeout,
-		WriteTimeout:   s.WriteTimeout,
-		IdleTimeout:    func() time.Duration { return l.srv.Load().IdleTimeout },
-		DecorateReader: func(r dns.Reader) dns.Reader { return arrivalReader{r} },
-		Handler:        dns.HandlerFunc(l.serveTCPQuery),
-	}
+	l.tcp = l.tcpServer(newCapListener(ln, s.Addr, total, perClient), s)
 	log.Infof("%s: TCP: at most %d connections at once, %d per client address", s.Addr, total, perClient)
 	go func() {
 		// A listening socket shut down (the agent's hand-over to its
@@ -207,6 +197,53 @@ func (l *listener) serveTCP(ln net.Listener, s *dnsserver.Server) {
 		}
 	}()
 }
+
+// tcpServer is the fast path's TCP server on ln, with s's timeouts.
+func (l *listener) tcpServer(ln net.Listener, s *dnsserver.Server) *dns.Server {
+	return &dns.Server{
+		Listener:       ln,
+		Net:            "tcp",
+		MaxTCPQueries:  s.MaxTCPQueries,
+		ReadTimeout:    s.ReadTimeout,
+		WriteTimeout:   s.WriteTimeout,
+		IdleTimeout:    func() time.Duration { return l.srv.Load().IdleTimeout },
+		DecorateReader: func(r dns.Reader) dns.Reader { return arrivalReader{r} },
+		Handler:        dns.HandlerFunc(l.serveTCPQuery),
+	}
+}
+
+// serveTaken serves c, a connection CoreDNS's listener had queued when the
+// fast path took TCP (at most its backlog, outside the caps), as the fast
+// path's TCP server serves its own, until it closes.
+func (l *listener) serveTaken(c net.Conn) {
+	srv := l.tcpServer(&oneConn{c: c, addr: c.LocalAddr()}, l.srv.Load())
+	go func() {
+		// Its listener fails the second accept: the server returns once
+		// it has served c.
+		_ = srv.ActivateAndServe()
+	}()
+}
+
+// oneConn is a listener that accepts c, then nothing.
+type oneConn struct {
+	mu   sync.Mutex
+	c    net.Conn
+	addr net.Addr
+}
+
+func (o *oneConn) Accept() (net.Conn, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	c := o.c
+	if c == nil {
+		return nil, net.ErrClosed
+	}
+	o.c = nil
+	return c, nil
+}
+
+func (o *oneConn) Close() error   { return nil }
+func (o *oneConn) Addr() net.Addr { return o.addr }
 
 // serveTCPQuery hands a query over TCP to CoreDNS's server, as CoreDNS's
 // own TCP server does: every plugin, misslimit included, sees it.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
 
@@ -34,11 +35,13 @@ func listenTCP(addr netip.AddrPort) (net.Listener, int, error) {
 // takeTCP leaves the fast path's listener (descriptor keep) alone in
 // addr's SO_REUSEPORT group: every other listening TCP socket of this
 // process bound to addr (CoreDNS's) has its descriptor pointed at a socket
-// that receives nothing (dup3), which closes it. CoreDNS's server keeps its
-// listener, which never accepts a connection again, and hands it on at a
-// reload (caddy duplicates its descriptor) and closes it at its stop, as
-// it would have.
-func takeTCP(addr netip.AddrPort, keep int) error {
+// that receives nothing (dup3). CoreDNS's server keeps its listener, which
+// never accepts a connection again, and hands it on at a reload (caddy
+// duplicates its descriptor) and closes it at its stop, as it would have.
+// The connections the kernel queued on CoreDNS's socket before (it joined
+// the group first: an agent starting beside the one it replaces gets
+// connections at once) are accepted and handed to hand, not reset.
+func takeTCP(addr netip.AddrPort, keep int, hand func(net.Conn)) error {
 	void, err := voidListener()
 	if err != nil {
 		return err
@@ -50,11 +53,42 @@ func takeTCP(addr netip.AddrPort, keep int) error {
 		if on, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || on != 1 {
 			return nil
 		}
+		// The socket, and what is queued on it, outlive CoreDNS's
+		// descriptor until they are handed on.
+		held, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("holding TCP socket %d on %s: %w", fd, addr, err)
+		}
 		if err := unix.Dup3(void, fd, unix.O_CLOEXEC); err != nil {
+			unix.Close(held)
 			return fmt.Errorf("taking TCP socket %d on %s from CoreDNS: %w", fd, addr, err)
 		}
+		drain(held, hand)
 		return nil
 	})
+}
+
+// drain accepts the connections queued on the listening socket fd (non-
+// blocking: Go's), hands each to hand, and closes fd: it leaves addr's
+// group then, and a connection the kernel gives it in the microseconds
+// after the last accept is reset.
+func drain(fd int, hand func(net.Conn)) {
+	defer unix.Close(fd)
+	for {
+		nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+		if err == unix.EINTR || err == unix.ECONNABORTED {
+			continue
+		}
+		if err != nil {
+			return // EAGAIN: none left
+		}
+		f := os.NewFile(uintptr(nfd), "tcp")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err == nil {
+			hand(c)
+		}
+	}
 }
 
 var void struct {
