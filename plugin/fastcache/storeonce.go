@@ -65,6 +65,9 @@ func missWriter(w dns.ResponseWriter) bool {
 	if _, ok := w.(*cache.ResponseWriter); ok {
 		return true
 	}
+	if w == nil || pluginWriter == nil {
+		return false
+	}
 	v := reflect.ValueOf(w)
 	if v.Type() != pluginWriter || v.Kind() != reflect.Pointer || v.IsNil() {
 		return false
