@@ -245,8 +245,9 @@ const evictProbes = 8
 // victim is the slot of the entry to evict from the full shard for an entry
 // of hash h stored at now: of the first evictProbes entries from a slot
 // picked by hash bits the index does not use (an arbitrary place), the
-// first the fast path no longer serves (expired: the plugin chain answers
-// its key, whether the entry is here or not), else the first. (Not the
+// first the fast path no longer serves (expired: kept only for serve_stale,
+// and where the store is not the cache of what it holds, CoreDNS's cache
+// has its own), else the first. (Not the
 // one that expires first: that is the one stored first, often a popular
 // name a flood of new ones would then push out.)
 func (sh *shard) victim(h uint64, now int64) uint64 {
