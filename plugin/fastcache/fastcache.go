@@ -177,16 +177,11 @@ func (f *FastCache) storedTTL(a *dns.Msg, mt response.Type) uint32 {
 
 // withTTL copies rrs but OPT records, with TTL ttl.
 func withTTL(rrs []dns.RR, ttl uint32) []dns.RR {
-	out := make([]dns.RR, 0, len(rrs))
-	for _, rr := range rrs {
-		if rr.Header().Rrtype == dns.TypeOPT {
-			continue
-		}
-		rr = dns.Copy(rr)
-		rr.Header().Ttl = ttl
-		out = append(out, rr)
+	out := make([]dns.RR, len(rrs))
+	for i, rr := range rrs {
+		out[i] = dns.Copy(rr)
 	}
-	return out
+	return setTTL(out, ttl)
 }
 
 // discardWriter is w without its way to the client: the scrub writer in
@@ -235,7 +230,7 @@ func (f *FastCache) capture(key []byte, m *dns.Msg, now int64, fresh bool) bool 
 	if f.denial != nil {
 		// The newest answer for the key replaces the other kind's.
 		if mt, _ := cacheType(m, time.Now().UTC()); mt == response.NameError || mt == response.NoData {
-			st = f.denial
+			st, e.denial = f.denial, true
 			f.store.delete(key)
 		} else {
 			f.denial.delete(key)
@@ -249,15 +244,6 @@ func (f *FastCache) capture(key []byte, m *dns.Msg, now int64, fresh bool) bool 
 		}
 	}
 	return true
-}
-
-// entries is the number of answers the fast path holds.
-func (f *FastCache) entries() int {
-	n := f.store.len()
-	if f.denial != nil {
-		n += f.denial.len()
-	}
-	return n
 }
 
 // lookup returns the stored answer for key fresh at now, or expired less

@@ -34,6 +34,8 @@ type entry struct {
 	// nameLen is the wire length of the question name; opt the offset of
 	// the OPT record's class, or 0; nttls the number of TTL offsets.
 	nameLen, opt, nttls uint16
+	// denial is set for an entry of a denial store.
+	denial bool
 }
 
 const entrySize = int(unsafe.Sizeof(entry{}))
@@ -192,17 +194,6 @@ func (s *store) put(e *entry) {
 	sh.slots[i] = slot{h: h, e: e}
 	sh.n++
 	s.size.Add(1)
-}
-
-// holds reports whether e is in s.
-func (s *store) holds(e *entry) bool {
-	key := e.key()
-	h := s.hash(key)
-	sh := s.shardOf(h)
-	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	i, ok := sh.find(h)
-	return ok && sh.slots[i].e == e
 }
 
 // delete removes the entry for key, if any.

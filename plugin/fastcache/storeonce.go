@@ -114,17 +114,11 @@ func setTTL(rrs []dns.RR, ttl uint32) []dns.RR {
 func (f *FastCache) fromStore(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, key []byte, e *entry, now int64, exact bool) (int, error) {
 	f.countHit(ctx, e)
 	if now < e.until {
-		m, err := entryMsg(r, e, cacheTTL(e, now))
-		if err != nil {
-			return dns.RcodeServerFailure, err
-		}
-		if err := w.WriteMsg(m); err != nil {
-			return dns.RcodeServerFailure, err
-		}
-		if !exact {
+		m, rc, err := writeEntry(w, r, e, cacheTTL(e, now))
+		if err == nil && !exact {
 			f.capture(key, m, now, true)
 		}
-		return dns.RcodeSuccess, nil
+		return rc, err
 	}
 	if f.opts.verify {
 		tracked := f.opts.staleRecheck > 0
@@ -138,14 +132,15 @@ func (f *FastCache) fromStore(ctx context.Context, w dns.ResponseWriter, r *dns.
 		go f.refresh(ctx, w, r, key, e, true)
 	}
 	cacheServedStale.WithLabelValues(metrics.WithServer(ctx), f.cacheZones, f.view).Inc()
-	return writeEntry(w, r, e, f.opts.staleTTL)
+	_, rc, err := writeEntry(w, r, e, f.opts.staleTTL)
+	return rc, err
 }
 
 // countHit counts an answer from the stored e, fresh or stale, as CoreDNS's
 // cache counts a hit.
 func (f *FastCache) countHit(ctx context.Context, e *entry) {
 	typ := cache.Success
-	if f.denial != nil && f.denial.holds(e) {
+	if e.denial {
 		typ = cache.Denial
 	}
 	cacheHits.WithLabelValues(metrics.WithServer(ctx), typ, f.cacheZones, f.view).Inc()
@@ -180,7 +175,7 @@ func (f *FastCache) verifyStale(ctx context.Context, w dns.ResponseWriter, r *dn
 		now := f.store.now()
 		if ne := f.lookup(key, now, 0); ne != nil && ne != e {
 			// Stored: served as the cache serves its new item.
-			rc, err := writeEntry(w, r, ne, cacheTTL(ne, now))
+			_, rc, err := writeEntry(w, r, ne, cacheTTL(ne, now))
 			return rc, err, true
 		}
 		// Not stored: served as the cache writes what it does not store.
@@ -245,31 +240,22 @@ func (v *verifyWriter) WriteMsg(m *dns.Msg) error {
 func (v *verifyWriter) Write([]byte) (int, error) { return 0, nil }
 
 // writeEntry answers r from e with TTL ttl, as CoreDNS's cache answers from
-// its item.
-func writeEntry(w dns.ResponseWriter, r *dns.Msg, e *entry, ttl uint32) (int, error) {
-	m, err := entryMsg(r, e, ttl)
-	if err != nil {
-		return dns.RcodeServerFailure, err
-	}
-	if err := w.WriteMsg(m); err != nil {
-		return dns.RcodeServerFailure, err
-	}
-	return dns.RcodeSuccess, nil
-}
-
-// entryMsg is the answer to r from e with TTL ttl, as CoreDNS's cache
-// makes it from its item (toMsg): the stored flags, rcode and records.
-func entryMsg(r *dns.Msg, e *entry, ttl uint32) (*dns.Msg, error) {
+// its item (toMsg: the stored flags, rcode and records), and returns the
+// message as written.
+func writeEntry(w dns.ResponseWriter, r *dns.Msg, e *entry, ttl uint32) (*dns.Msg, int, error) {
 	m := new(dns.Msg)
 	if err := m.Unpack(e.resp()); err != nil {
-		return nil, err
+		return nil, dns.RcodeServerFailure, err
 	}
 	out := new(dns.Msg)
 	out.SetReply(r)
 	out.Authoritative, out.AuthenticatedData, out.RecursionAvailable = m.Authoritative, m.AuthenticatedData, m.RecursionAvailable
 	out.Rcode = m.Rcode
 	out.Answer, out.Ns, out.Extra = setTTL(m.Answer, ttl), setTTL(m.Ns, ttl), setTTL(m.Extra, ttl)
-	return out, nil
+	if err := w.WriteMsg(out); err != nil {
+		return nil, dns.RcodeServerFailure, err
+	}
+	return out, dns.RcodeSuccess, nil
 }
 
 // cacheType is how CoreDNS's cache (v1.14.7, cache.go: key and

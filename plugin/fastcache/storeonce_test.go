@@ -169,7 +169,7 @@ func TestStoredOnce(t *testing.T) {
 	}
 	u.set(func(u *flipUpstream) { u.down = false })
 	f := fastcacheOn(t, addr, "example.org.")
-	if got := f.entries(); got != len(names) {
+	if got := f.store.len() + f.denial.len(); got != len(names) {
 		t.Errorf("the fast path holds %d answers, want %d", got, len(names))
 	}
 	if got := f.denial.len(); got != 5 {
@@ -262,6 +262,10 @@ func TestServeStaleFromStore(t *testing.T) {
 
 	// Last: the refresh of a silent upstream runs on for forward's 5 s.
 	time.Sleep(2100 * time.Millisecond)
+	// The store served all of it: CoreDNS's cache stored nothing.
+	if got := cacheEntries(t, fast, "success"); got != 0 {
+		t.Errorf("CoreDNS's cache holds %v answers, want none: the fast path's store is the cache", got)
+	}
 	all(func(u *flipUpstream) { u.silent = true })
 	if took := ask("expired, upstream silent", "udp", "192.0.2.9", 7); took > time.Second {
 		t.Errorf("the stale answer took %v, want about the 200 ms verify timeout", took)
@@ -325,8 +329,11 @@ func TestDenialCapacity(t *testing.T) {
 			t.Errorf("good-%d evicted by the denials", i)
 		}
 	}
-	if n := f.denial.len(); n > shards {
-		t.Errorf("%d denials stored, capacity %d", n, shards)
+	if n := f.store.len(); n != len(good) {
+		t.Errorf("%d answers stored, want the %d good ones (the denials apart)", n, len(good))
+	}
+	if n := f.denial.len(); n == 0 || n > shards {
+		t.Errorf("%d denials stored, want some and at most the capacity %d", n, shards)
 	}
 	// A key's newest answer replaces its other kind.
 	n := "good-0.example.org."
