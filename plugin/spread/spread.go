@@ -9,16 +9,17 @@ package spread
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/debug"
-	"github.com/coredns/coredns/plugin/pkg/proxy"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
@@ -35,6 +36,8 @@ const (
 var (
 	errNoUpstream   = errors.New("no upstream answered")
 	errLimitReached = errors.New("too many queries in flight to kube-dns")
+	// errInvalidRequest is a query that cannot be packed: FORMERR.
+	errInvalidRequest = errors.New("incomplete or invalid request")
 )
 
 // Spread is the plugin: one per server block.
@@ -81,7 +84,7 @@ type Spread struct {
 // upstream is one address queries go to: an endpoint or the Service.
 type upstream struct {
 	addr    string
-	p       *proxy.Proxy
+	pool    *pool
 	service bool
 	// srtt is the smoothed time this upstream took to answer, in ns.
 	srtt atomic.Int64
@@ -108,7 +111,7 @@ func (s *Spread) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 		if errors.Is(err, errLimitReached) {
 			return dns.RcodeRefused, err
 		}
-		if errors.Is(err, proxy.ErrInvalidRequest) {
+		if errors.Is(err, errInvalidRequest) {
 			return dns.RcodeFormatError, err
 		}
 		return dns.RcodeServerFailure, err
@@ -132,6 +135,9 @@ type attempt struct {
 	limit time.Duration
 	trial bool
 	start time.Time
+	// sent is when the query was sent (the real time, which the deadlines
+	// need, whatever the plugin's clock).
+	sent time.Time
 }
 
 type result struct {
@@ -143,39 +149,90 @@ type result struct {
 // exchange sends the query to its first upstream, to the next one when the
 // first has not answered within its limit or has failed, and so on, and
 // returns the first answer.
+//
+// The first attempt runs in the query's own goroutine while it waits no
+// longer than its limit: most answers arrive well within it, and waking
+// another goroutine for the attempt and again for its answer cost more
+// than the rest of a miss's handling together. When the limit passes first,
+// a trier goes on waiting on the connection while the next attempt starts.
 func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg, error) {
+	q, err := pack(state.Req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errInvalidRequest, err)
+	}
 	var buf [4]attempt
 	plan := s.plan(buf[:0])
-	results := make(chan result, len(plan))
+	var results chan result // made once an attempt runs elsewhere
 	launched, pending := 0, 0
-	launch := func() bool {
-		if s.inFlight.Add(1) > s.maxInFlight {
-			s.inFlight.Add(-1)
+	next := func() bool { // the next attempt, if within the plan and the cap
+		if launched == len(plan) || s.inFlight.Add(1) > s.maxInFlight {
+			if launched < len(plan) {
+				s.inFlight.Add(-1)
+			}
 			return false
 		}
 		a := &plan[launched]
 		a.start = s.clock()
-		i := launched
 		launched++
 		pending++
 		a.u.m.requests.Inc()
-		req := state.Req.Copy()
-		s.goTry(tryJob{ctx: ctx, i: i, a: a, state: request.Request{W: state.W, Req: req}, results: results})
 		return true
 	}
-	if !launch() {
+	launch := func() bool {
+		if !next() {
+			return false
+		}
+		if results == nil {
+			results = make(chan result, len(plan))
+		}
+		s.goTry(tryJob{i: launched - 1, a: &plan[launched-1], q: q, results: results})
+		return true
+	}
+	refuse := func() (*dns.Msg, error) {
 		if plan[0].trial { // not tried: the next query may
 			plan[0].u.trial.Store(false)
 		}
 		s.m.refused.Inc()
 		return nil, errLimitReached
 	}
-	// Trials start the next attempt at once.
-	for plan[launched-1].trial && launched < len(plan) && launch() {
+	var lastErr error
+	if !plan[0].trial {
+		if !next() {
+			return refuse()
+		}
+		a := &plan[0]
+		ret, c, err := s.roundTrip(a, q, true)
+		switch {
+		case err == nil:
+			s.inFlight.Add(-1)
+			s.won(plan[:1], 0)
+			return ret, nil
+		case c != nil: // the limit passed: a trier waits on, beside the next
+			results = make(chan result, len(plan))
+			s.goTry(tryJob{i: 0, a: a, q: q, c: c, results: results})
+			if launch() {
+				s.m.hedges.Inc()
+			}
+		default:
+			s.inFlight.Add(-1)
+			pending--
+			s.judge(a, err)
+			lastErr = err
+			if !launch() {
+				s.m.failed.Inc()
+				return nil, errors.Join(errNoUpstream, lastErr)
+			}
+		}
+	} else {
+		if !launch() {
+			return refuse()
+		}
+		// Trials start the next attempt at once.
+		for plan[launched-1].trial && launch() {
+		}
 	}
 	timer := time.NewTimer(plan[launched-1].limit)
 	defer timer.Stop()
-	var lastErr error
 	for {
 		select {
 		case res := <-results:
@@ -185,10 +242,7 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 				return res.ret, nil
 			}
 			lastErr = res.err
-			if errors.Is(res.err, proxy.ErrInvalidRequest) {
-				return nil, res.err
-			}
-			if launched < len(plan) && launch() {
+			if launch() {
 				resetTimer(timer, plan[launched-1].limit)
 				continue
 			}
@@ -197,7 +251,7 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 				return nil, errors.Join(errNoUpstream, lastErr)
 			}
 		case <-timer.C:
-			if launched < len(plan) && launch() {
+			if launch() {
 				s.m.hedges.Inc()
 				timer.Reset(plan[launched-1].limit)
 			}
@@ -207,12 +261,13 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 	}
 }
 
-// tryJob is one attempt for a trier to run.
+// tryJob is one attempt for a trier to run: q sent to a.u, or, when c is
+// set, the wait for its answer on c.
 type tryJob struct {
-	ctx     context.Context
 	i       int
 	a       *attempt
-	state   request.Request
+	q       packed
+	c       *upConn
 	results chan<- result
 }
 
@@ -235,14 +290,14 @@ func (s *Spread) goTry(j tryJob) {
 		return
 	}
 	s.triers.Add(-1)
-	go s.try(j.ctx, j.i, j.a, j.state, j.results)
+	go s.try(j)
 }
 
 // trier runs j, then every attempt it is handed, until the plugin stops.
 func (s *Spread) trier(j tryJob) {
 	defer s.triers.Add(-1)
 	for {
-		s.try(j.ctx, j.i, j.a, j.state, j.results)
+		s.try(j)
 		j = tryJob{} // nothing of the last query is kept while idle
 		select {
 		case j = <-s.tries:
@@ -257,23 +312,26 @@ func resetTimer(t *time.Timer, d time.Duration) {
 	t.Reset(d)
 }
 
-// try runs one attempt and reports it. A trial attempt judges its upstream
-// itself; the others are judged by exchange when an answer wins.
-func (s *Spread) try(ctx context.Context, i int, a *attempt, state request.Request, results chan<- result) {
+// try runs one attempt, or waits on for its answer, and reports it.
+func (s *Spread) try(j tryJob) {
 	defer s.inFlight.Add(-1)
-	opts := proxy.Options{ForceTCP: true}
 	var (
 		ret *dns.Msg
 		err error
 	)
-	// A pooled connection the endpoint closed: take the next, as forward
-	// does (the pool is finite; then a new connection is dialled).
-	for {
-		ret, _, _, err = a.u.p.Connect(ctx, state, opts)
-		if !errors.Is(err, proxy.ErrCachedClosed) {
-			break
-		}
+	if j.c != nil {
+		ret, err = s.await(j.a, j.q, j.c)
+	} else {
+		ret, _, err = s.roundTrip(j.a, j.q, false)
 	}
+	s.judge(j.a, err)
+	j.results <- result{i: j.i, ret: ret, err: err}
+}
+
+// judge records the end of attempt a, which err failed: a failure takes
+// its upstream out of the rotation. A trial attempt judges its upstream
+// itself; the others are judged by exchange when an answer wins.
+func (s *Spread) judge(a *attempt, err error) {
 	rtt := s.clock().Sub(a.start)
 	switch {
 	case err != nil:
@@ -287,7 +345,75 @@ func (s *Spread) try(ctx context.Context, i int, a *attempt, state request.Reque
 	if a.trial {
 		a.u.trial.Store(false)
 	}
-	results <- result{i: i, ret: ret, err: err}
+}
+
+// roundTrip sends q to a's upstream and waits for the answer, up to the
+// read timeout or, if hedged, up to a's limit; a connection the limit
+// passed on, with nothing of the answer read yet, is returned to wait on.
+// A pooled connection the upstream has closed is replaced, as forward
+// does (the pool is finite; then a new connection is dialled).
+func (s *Spread) roundTrip(a *attempt, q packed, hedged bool) (*dns.Msg, *upConn, error) {
+	for {
+		c, cached, err := a.u.pool.get(time.Now())
+		if err != nil {
+			return nil, nil, err
+		}
+		if cached {
+			a.u.m.connHits.Inc()
+		} else {
+			a.u.m.connMisses.Inc()
+		}
+		a.sent = time.Now()
+		if err := c.send(q); err != nil {
+			c.c.Close()
+			if cached {
+				continue
+			}
+			return nil, nil, err
+		}
+		wait, timeout := a.sent.Add(s.readTimeout), false
+		if hedged && a.limit < s.readTimeout {
+			wait, timeout = a.sent.Add(a.limit), true
+		}
+		ret, started, err := c.recv(q, wait)
+		if err == nil {
+			s.answered(a, c, ret)
+			return ret, nil, nil
+		}
+		if timeout && !started && timedOut(err) {
+			return nil, c, err
+		}
+		c.c.Close()
+		if cached && !started && closedByPeer(err) {
+			continue
+		}
+		return nil, nil, err
+	}
+}
+
+// await waits on c for the answer to q, sent by roundTrip, until the read
+// timeout.
+func (s *Spread) await(a *attempt, q packed, c *upConn) (*dns.Msg, error) {
+	ret, _, err := c.recv(q, a.sent.Add(s.readTimeout))
+	if err != nil {
+		c.c.Close()
+		return nil, err
+	}
+	s.answered(a, c, ret)
+	return ret, nil
+}
+
+// answered gives c back and records how long a's upstream took, as the
+// proxy package does.
+func (s *Spread) answered(a *attempt, c *upConn, ret *dns.Msg) {
+	now := time.Now()
+	a.u.pool.put(c, now)
+	a.u.m.duration(ret.Rcode).Observe(now.Sub(a.sent).Seconds())
+}
+
+// closedByPeer reports whether err is a connection the other end closed.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // won records that attempt i answered first: the attempts started before it
@@ -406,31 +532,18 @@ func (s *Spread) plan(out []attempt) []attempt {
 
 // newUpstream is an upstream at addr with the plugin's connection options.
 func (s *Spread) newUpstream(addr string, service bool) *upstream {
-	p := proxy.NewProxy(pluginName, addr, "dns")
-	p.SetReadTimeout(s.readTimeout)
-	p.SetExpire(s.expire)
-	u := &upstream{addr: addr, p: p, service: service}
-	return u
+	return &upstream{addr: addr, pool: &pool{addr: addr, expire: s.expire}, service: service}
 }
 
-// start starts u's connection manager.
+// start gives u its metrics.
 func (s *Spread) start(u *upstream) {
 	u.m = s.m.upstream(u.addr, u.service)
-	u.p.Start(time.Second)
 }
 
-// stopUpstream closes u's connections now rather than when it is collected.
+// stopUpstream closes u's connections now (those in use, when their
+// queries are done).
 func stopUpstream(u *upstream) {
-	u.p.Stop()
-	stopTransport(u.p)
-}
-
-// stopTransport closes the proxy's connections now. The proxy's finalizer
-// would close them when it is collected; it is cleared, as the transport
-// can be stopped once only.
-func stopTransport(p *proxy.Proxy) {
-	runtime.SetFinalizer(p, nil)
-	p.GetTransport().Stop()
+	u.pool.close()
 }
 
 // fakeWriter is the ResponseWriter of the plugin's own queries (the

@@ -15,6 +15,7 @@ import (
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // kubeDNS is one fake kube-dns endpoint on loopback, over TCP: it answers
@@ -449,12 +450,14 @@ func TestShutdownWithoutStartup(t *testing.T) {
 	}
 }
 
-// TestTriersReused: attempts one after another run in the same long-lived
-// goroutine, not in one of their own each, and the goroutines end with the
-// plugin.
+// TestTriersReused: a first attempt answered within its limit runs in the
+// query's goroutine, waking no trier; attempts past their limit run in
+// long-lived triers, reused from query to query, not in goroutines of their
+// own each; the answer to an attempt that passed its limit still wins when
+// it comes first; and the triers end with the plugin.
 func TestTriersReused(t *testing.T) {
 	svc, _, _ := cluster(t, 0)
-	s, err := parse(caddy.NewTestController("dns", fmt.Sprintf("spread . %s", svc.addr)))
+	s, err := parse(caddy.NewTestController("dns", fmt.Sprintf("spread . %s {\n hedge 20ms 20ms\n}", svc.addr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,10 +467,27 @@ func TestTriersReused(t *testing.T) {
 		if _, _, err := query(t, s, fmt.Sprintf("a%d.example.", i)); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Millisecond) // the trier is back waiting
 	}
-	if n := s.triers.Load(); n < 1 || n > 2 {
-		t.Errorf("%d triers after 20 queries one at a time, want 1 (2 at most, if one was slow to get back)", n)
+	if n := s.triers.Load(); n != 0 {
+		t.Errorf("%d triers after 20 queries answered within their limit, want 0", n)
+	}
+	svc.delay.Store(int64(60 * time.Millisecond))
+	before := svc.queries.Load()
+	for i := range 5 {
+		who, took, err := query(t, s, fmt.Sprintf("slow%d.example.", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if who != svc.addr || took < 60*time.Millisecond || took > 500*time.Millisecond {
+			t.Errorf("slow query %d answered by %s in %v, want %s's answer after 60 ms", i, who, took, svc.addr)
+		}
+		time.Sleep(70 * time.Millisecond) // the hedge's answer is back too
+	}
+	if got := svc.queries.Load() - before; got < 10 {
+		t.Errorf("%d queries reached the Service for 5 queries past their limit, want every one hedged (10 at least)", got)
+	}
+	if n := s.triers.Load(); n < 1 || n > 3 {
+		t.Errorf("%d triers after 5 hedged queries one at a time, want 1 to 3 (reused)", n)
 	}
 	s.shutdown()
 	deadline := time.Now().Add(time.Second)
@@ -476,5 +496,42 @@ func TestTriersReused(t *testing.T) {
 			t.Fatalf("%d triers left after shutdown", s.triers.Load())
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestPooledConnectionClosed: an endpoint closes its idle connections
+// (CoreDNS does after its idle timeout); the next query on a pooled one is
+// sent again on a new connection, answered by the endpoint, which is not
+// blamed for it.
+func TestPooledConnectionClosed(t *testing.T) {
+	svc, eps, _ := cluster(t, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := &kubeDNS{addr: ln.Addr().String(), names: eps[0].names}
+	ep.srv = &dns.Server{Listener: ln, Net: "tcp", Handler: dns.HandlerFunc(ep.serve),
+		IdleTimeout: func() time.Duration { return 20 * time.Millisecond }}
+	go ep.srv.ActivateAndServe()
+	t.Cleanup(func() { ep.srv.Shutdown() })
+	s := newSpread(t, block(svc, portOf(eps[0].addr), " refresh 1h\n"))
+	waitEndpoints(t, s, 1)
+	s.setEndpoints([]string{ep.addr})
+	u := s.known[ep.addr]
+	for i := range 5 {
+		who, _, err := query(t, s, fmt.Sprintf("idle%d.example.", i))
+		if err != nil || who != ep.addr {
+			t.Fatalf("query %d answered by %q (%v), want the endpoint %s", i, who, err, ep.addr)
+		}
+		time.Sleep(60 * time.Millisecond) // the endpoint closes the connection
+	}
+	if f := testutil.ToFloat64(u.m.failures); f != 0 || u.until.Load() != 0 {
+		t.Errorf("the endpoint has %v failures (penalized: %v) for connections it closed while idle", f, u.until.Load() != 0)
+	}
+	if dialled := testutil.ToFloat64(u.m.connMisses); dialled < 5 {
+		t.Errorf("%v connections dialled for 5 queries after idle closes, want 5", dialled)
+	}
+	if svc.queries.Load() != 0 {
+		t.Errorf("the Service got %d queries", svc.queries.Load())
 	}
 }
