@@ -52,10 +52,14 @@ type upConn struct {
 	used time.Time
 }
 
+// errNoIdle is a pool with no idle connection, when the caller may not
+// wait for a new one to be dialled.
+var errNoIdle = errors.New("no idle connection")
+
 // get returns an idle connection not unused for longer than expire (the
-// most recently used: the others age out), or a new one; cached reports
-// which.
-func (p *pool) get(now time.Time) (c *upConn, cached bool, err error) {
+// most recently used: the others age out), or, if dial, a new one; cached
+// reports which.
+func (p *pool) get(now time.Time, dial bool) (c *upConn, cached bool, err error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 {
 		c = p.idle[len(p.idle)-1]
@@ -70,6 +74,9 @@ func (p *pool) get(now time.Time) (c *upConn, cached bool, err error) {
 	p.mu.Unlock()
 	if closed {
 		return nil, false, errors.New("upstream stopped")
+	}
+	if !dial {
+		return nil, false, errNoIdle
 	}
 	nc, err := net.DialTimeout("tcp", p.addr, dialTimeout)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -450,8 +451,8 @@ func TestShutdownWithoutStartup(t *testing.T) {
 	}
 }
 
-// TestTriersReused: a first attempt answered within its limit runs in the
-// query's goroutine, waking no trier; attempts past their limit run in
+// TestTriersReused: a first attempt answered within its limit on a pooled
+// connection runs in the query's goroutine, waking no trier; attempts past their limit run in
 // long-lived triers, reused from query to query, not in goroutines of their
 // own each; the answer to an attempt that passed its limit still wins when
 // it comes first; and the triers end with the plugin.
@@ -468,8 +469,11 @@ func TestTriersReused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := s.triers.Load(); n != 0 {
-		t.Errorf("%d triers after 20 queries answered within their limit, want 0", n)
+	// The first query's connection is dialled by a trier (a dial is not
+	// bounded by the hedge limit); the others run on it in their own
+	// goroutines.
+	if n := s.handed.Load(); n != 1 {
+		t.Errorf("%d attempts handed to triers for 20 queries answered within their limit, want 1 (the first, to dial)", n)
 	}
 	svc.delay.Store(int64(60 * time.Millisecond))
 	before := svc.queries.Load()
@@ -533,5 +537,71 @@ func TestPooledConnectionClosed(t *testing.T) {
 	}
 	if svc.queries.Load() != 0 {
 		t.Errorf("the Service got %d queries", svc.queries.Load())
+	}
+}
+
+// blackhole is a loopback TCP port whose handshakes never complete: a
+// listener that never accepts, its backlog full, so the kernel drops the
+// SYNs (as an endpoint behind a dropping firewall, or gone without a
+// reset, does).
+func blackhole(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	// Fill the backlog (0 holds one connection), then check that the next
+	// handshake hangs.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+		if err != nil {
+			break
+		}
+		t.Cleanup(func() { c.Close() })
+		if i == 4 {
+			t.Fatal("the backlog does not fill: handshakes still complete")
+		}
+	}
+	return addr
+}
+
+// TestEndpointUnreachable: an endpoint whose connections cannot be opened
+// (its SYNs dropped) holds no query longer than the hedge: the dial, which
+// only the dial timeout bounds, runs beside the next attempt.
+func TestEndpointUnreachable(t *testing.T) {
+	svc, eps, _ := cluster(t, 2)
+	s := newSpread(t, block(svc, portOf(eps[0].addr), " refresh 1h\n"))
+	waitEndpoints(t, s, 1)
+	dead := blackhole(t)
+	s.setEndpoints([]string{eps[0].addr, eps[1].addr, dead})
+	var worst time.Duration
+	for i := range 12 {
+		who, took, err := query(t, s, fmt.Sprintf("q%d.example.", i))
+		if err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+		if who != eps[0].addr && who != eps[1].addr {
+			t.Errorf("query %d answered by %q", i, who)
+		}
+		worst = max(worst, took)
+	}
+	// The hedge limit is 100 ms before answers are timed; the dial timeout 2 s.
+	if worst > 700*time.Millisecond {
+		t.Errorf("the slowest query took %s: it waited on the unreachable endpoint's dial", worst)
+	}
+	if s.known[dead].until.Load() == 0 {
+		t.Error("the unreachable endpoint is not penalized")
 	}
 }
