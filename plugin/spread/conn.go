@@ -53,14 +53,10 @@ type upConn struct {
 	used time.Time
 }
 
-// errNoIdle is a pool with no idle connection, when the caller may not
-// wait for a new one to be dialled.
-var errNoIdle = errors.New("no idle connection")
-
 // get returns an idle connection not unused for longer than expire (the
-// most recently used: the others age out), or, if dial, a new one; cached
-// reports which.
-func (p *pool) get(now time.Time, dial bool) (c *upConn, cached bool, err error) {
+// most recently used: the others age out), or a new one, dialled within
+// timeout; cached reports which.
+func (p *pool) get(now time.Time, timeout time.Duration) (c *upConn, cached bool, err error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 {
 		c = p.idle[len(p.idle)-1]
@@ -76,10 +72,7 @@ func (p *pool) get(now time.Time, dial bool) (c *upConn, cached bool, err error)
 	if closed {
 		return nil, false, errors.New("upstream stopped")
 	}
-	if !dial {
-		return nil, false, errNoIdle
-	}
-	nc, err := net.DialTimeout("tcp", p.addr, dialTimeout)
+	nc, err := net.DialTimeout("tcp", p.addr, timeout)
 	if err != nil {
 		return nil, false, err
 	}

@@ -65,7 +65,6 @@ type Spread struct {
 	// tries hands an attempt to an idle trier; triers counts them.
 	tries     chan tryJob
 	triers    atomic.Int32
-	handed    atomic.Int64 // attempts handed to triers, for tests
 	rr        atomic.Uint32
 	endpoints atomic.Pointer[[]*upstream]
 	// known is the last set of endpoint addresses looked up, by address.
@@ -202,7 +201,7 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 			return refuse()
 		}
 		a := &plan[0]
-		ret, c, err := s.roundTrip(a, q, true)
+		ret, c, err := s.roundTrip(a, q, len(plan) > 1)
 		switch {
 		case err == nil:
 			s.inFlight.Add(-1)
@@ -214,9 +213,6 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 			if launch() {
 				s.m.hedges.Inc()
 			}
-		case errors.Is(err, errNoIdle): // a trier dials, under the hedge timer
-			results = make(chan result, len(plan))
-			s.goTry(tryJob{i: 0, a: a, q: q, results: results})
 		default:
 			s.inFlight.Add(-1)
 			pending--
@@ -284,7 +280,6 @@ const maxTriers = 64
 // goTry runs j in an idle trier, a new one while there are fewer than
 // maxTriers, or a goroutine of its own.
 func (s *Spread) goTry(j tryJob) {
-	s.handed.Add(1)
 	select {
 	case s.tries <- j:
 		return
@@ -357,12 +352,16 @@ func (s *Spread) judge(a *attempt, err error) {
 // passed on, with nothing of the answer read yet, is returned to wait on.
 // A pooled connection the upstream has closed is replaced, as forward
 // does (the pool is finite; then a new connection is dialled). A hedged
-// attempt uses only pooled connections (errNoIdle when there is none): a
-// dial is not bounded by the limit (an upstream that drops packets holds it
-// for the dial timeout), so it runs where the hedge timer does not wait on it.
+// attempt's new connection gets no longer than the limit to be set up (a
+// dial cannot be handed over): an upstream that drops packets fails it
+// then, and the next attempt starts, as it would at the limit.
 func (s *Spread) roundTrip(a *attempt, q packed, hedged bool) (*dns.Msg, *upConn, error) {
+	dial := dialTimeout
+	if hedged {
+		dial = min(a.limit, dialTimeout)
+	}
 	for {
-		c, cached, err := a.u.pool.get(time.Now(), !hedged)
+		c, cached, err := a.u.pool.get(time.Now(), dial)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -451,8 +451,8 @@ func TestShutdownWithoutStartup(t *testing.T) {
 	}
 }
 
-// TestTriersReused: a first attempt answered within its limit on a pooled
-// connection runs in the query's goroutine, waking no trier; attempts past their limit run in
+// TestTriersReused: a first attempt answered within its limit runs in the
+// query's goroutine, waking no trier; attempts past their limit run in
 // long-lived triers, reused from query to query, not in goroutines of their
 // own each; the answer to an attempt that passed its limit still wins when
 // it comes first; and the triers end with the plugin.
@@ -469,11 +469,8 @@ func TestTriersReused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The first query's connection is dialled by a trier (a dial is not
-	// bounded by the hedge limit); the others run on it in their own
-	// goroutines.
-	if n := s.handed.Load(); n != 1 {
-		t.Errorf("%d attempts handed to triers for 20 queries answered within their limit, want 1 (the first, to dial)", n)
+	if n := s.triers.Load(); n != 0 {
+		t.Errorf("%d triers after 20 queries answered within their limit, want 0", n)
 	}
 	svc.delay.Store(int64(60 * time.Millisecond))
 	before := svc.queries.Load()
@@ -578,8 +575,8 @@ func blackhole(t *testing.T) string {
 }
 
 // TestEndpointUnreachable: an endpoint whose connections cannot be opened
-// (its SYNs dropped) holds no query longer than the hedge: the dial, which
-// only the dial timeout bounds, runs beside the next attempt.
+// (its SYNs dropped) holds no query longer than the hedge: a dial gets no
+// longer than the limit when another attempt can follow.
 func TestEndpointUnreachable(t *testing.T) {
 	svc, eps, _ := cluster(t, 2)
 	s := newSpread(t, block(svc, portOf(eps[0].addr), " refresh 1h\n"))
