@@ -221,13 +221,15 @@ func measureServer(ctx context.Context, o options, s *server, work string, rep i
 	}
 	defer s.stop()
 	time.Sleep(500 * time.Millisecond)
-	idle := s.rss()
+	idle, idleAnon := s.rss(), s.rssAnon()
 	if err := warm(ctx, s, hits10k); err != nil {
 		return err
 	}
 	if o.want(figMemory) {
 		res.add(s.name, "rss idle (MiB)", idle/(1<<20))
 		res.add(s.name, "rss 10k names (MiB)", s.rss()/(1<<20))
+		res.add(s.name, "anonymous rss idle (MiB)", idleAnon/(1<<20))
+		res.add(s.name, "anonymous rss 10k names (MiB)", s.rssAnon()/(1<<20))
 	}
 	if o.want(figLatency) {
 		p, err := dnsperf(ctx, s.port, hits10k, 10000, o.duration/2, 0, true)

@@ -228,13 +228,21 @@ func (s *server) cpu() time.Duration {
 }
 
 // rss returns the server's resident memory in bytes.
-func (s *server) rss() float64 {
+func (s *server) rss() float64 { return s.status("VmRSS") }
+
+// rssAnon returns the part of its resident memory that is its own
+// (anonymous: heap, stacks), not pages of its executable and libraries.
+func (s *server) rssAnon() float64 { return s.status("RssAnon") }
+
+// status returns a field of the server's /proc status in bytes (0 if it
+// cannot be read).
+func (s *server) status(field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
 			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
 			return kb * 1024
 		}
