@@ -315,8 +315,7 @@ func (r *results) chart(path string, srvs []*server) error {
 // gomaxprocsNote says where the Go servers' GOMAXPROCS comes from.
 func gomaxprocsNote(n int) string {
 	if n == 2 {
-		return ": what Go sets in a container whose CPU limit is under 2, such as a pod limited to 1 CPU;" +
-			" node-local-coredns adds one for its fast path's reader"
+		return ": what Go sets in a container whose CPU limit is under 2, such as a pod limited to 1 CPU"
 	}
 	return ""
 }

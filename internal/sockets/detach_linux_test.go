@@ -25,8 +25,10 @@ import (
 // handshake before a TCP listener is detached, but that the server had not
 // accepted yet, are accepted and served, not reset; a connection attempted
 // once detaching began does not complete on the listener, and once Detach
-// returns, nothing listens.
+// returns, nothing listens. While Detach waits, the process has a
+// processor more for the server's accept, and gets its GOMAXPROCS back.
 func TestDetachServesQueuedConnections(t *testing.T) {
+	procs := runtime.GOMAXPROCS(0)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +57,9 @@ func TestDetachServesQueuedConnections(t *testing.T) {
 		done <- result{n, err}
 	}()
 	time.Sleep(100 * time.Millisecond) // Detach waits for the queue
+	if got := runtime.GOMAXPROCS(0); got != procs+1 {
+		t.Errorf("GOMAXPROCS %d while Detach waits, want %d (one spare processor)", got, procs+1)
+	}
 
 	// A new connection now: its SYN is dropped, so it cannot complete.
 	if c, err := net.DialTimeout("tcp", addr.String(), 300*time.Millisecond); err == nil {
@@ -90,6 +95,9 @@ func TestDetachServesQueuedConnections(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Detach did not return")
+	}
+	if got := runtime.GOMAXPROCS(0); got != procs {
+		t.Errorf("GOMAXPROCS %d after Detach, want %d back", got, procs)
 	}
 	if _, err := net.DialTimeout("tcp", addr.String(), time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("connecting after Detach: %v, want refused (nothing listens)", err)

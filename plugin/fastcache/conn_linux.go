@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -131,33 +130,10 @@ const queuedGap = 20 * time.Microsecond
 // reader that never parks must yield before.
 const yieldEvery = 5 * time.Millisecond
 
-// listen opens the fast path's socket on addr, blocking when GOMAXPROCS
-// (not counting the processors added for blocking readers) is 2 or more
-// (see conn).
+// listen opens the fast path's socket on addr, blocking when GOMAXPROCS is
+// 2 or more (see conn).
 func listen(addr netip.AddrPort) (*conn, error) {
-	readerProcs.Lock()
-	base := runtime.GOMAXPROCS(0) - readerProcs.n
-	readerProcs.Unlock()
-	return listenMode(addr, base >= 2)
-}
-
-// readerProcs counts the blocking readers. Each is given a processor of its
-// own (GOMAXPROCS one higher while it runs): a reader asleep in the kernel
-// keeps its processor, and without one more, every other goroutine of the
-// process would have one processor fewer, and would wait for Go's system
-// monitor (up to 10 ms) to take the reader's back when the others are busy.
-// Setting GOMAXPROCS ends Go's own updates of it to the container's CPU
-// limit.
-var readerProcs struct {
-	sync.Mutex
-	n int
-}
-
-func addReaderProc(delta int) {
-	readerProcs.Lock()
-	defer readerProcs.Unlock()
-	readerProcs.n += delta
-	runtime.GOMAXPROCS(max(1, runtime.GOMAXPROCS(0)+delta))
+	return listenMode(addr, runtime.GOMAXPROCS(0) >= 2)
 }
 
 // rcvBuf is the fast path socket's receive buffer: 4 MiB holds some 5,000
@@ -222,9 +198,6 @@ func listenMode(addr netip.AddrPort, blocking bool) (*conn, error) {
 	}
 	c.rx.init(rxBuf)
 	c.tx.init(maxFastAnswer)
-	if blocking {
-		addReaderProc(1)
-	}
 	c.readFn, c.writeFn = c.read, c.write
 	c.readFromFn = func(uintptr) { c.rn, c.raddr, c.rerr = c.readFrom(c.rb) }
 	return c, nil
@@ -610,7 +583,6 @@ func (c *conn) Close() error {
 		// Wake the reader; the descriptor is closed once it is out of
 		// its system call.
 		_ = unix.Shutdown(c.fd, unix.SHUT_RD)
-		addReaderProc(-1)
 	}
 	return c.file.Close()
 }

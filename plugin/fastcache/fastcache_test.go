@@ -205,10 +205,7 @@ func TestDifferential(t *testing.T) {
 	// reader blocks in the kernel.
 	for _, procs := range []int{1, max(2, runtime.GOMAXPROCS(0))} {
 		t.Run(fmt.Sprintf("GOMAXPROCS=%d", procs), func(t *testing.T) {
-			// Restored after the servers stop (cleanups run last in,
-			// first out), which gives the readers' processors back.
-			prev := runtime.GOMAXPROCS(procs)
-			t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
 			testDifferential(t, up, procs >= 2)
 		})
 	}
