@@ -166,6 +166,5 @@ func TestReaderMode(t *testing.T) {
 			t.Errorf("GOMAXPROCS=%d: %d while the reader runs", procs, got)
 		}
 		c.Close()
-		c.Close()
 	}
 }
