@@ -10,26 +10,31 @@ import (
 	"unsafe"
 )
 
-// entry is one stored answer, immutable once in the store. It is the
-// header of one allocation that holds, after it, the key, the answer and
-// the offsets of the answer's TTLs (big-endian uint16s): after the table's
-// slot, a hit reads one place in memory, where four separate objects (the
-// entry, the key, the answer, the offsets) would each cost a cache miss and
-// a TLB miss at moderate rates, when the kernel's work between queries has
-// evicted them. The header holds no pointers, so the allocation is a byte
-// slice the garbage collector does not scan; the *entry, pointing at its
-// start, keeps it alive.
+// entry is one stored answer, immutable once in the store but for two
+// atomic fields (refresh, used). It is the header of one allocation that
+// holds, after it, the key, the answer and the offsets of the answer's
+// TTLs (big-endian uint16s): after the table's slot, a hit reads one place
+// in memory, where four separate objects (the entry, the key, the answer,
+// the offsets) would each cost a cache miss and a TLB miss at moderate
+// rates, when the kernel's work between queries has evicted them. The
+// header holds no pointers, so the allocation is a byte slice the garbage
+// collector does not scan; the *entry, pointing at its start, keeps it
+// alive.
 type entry struct {
 	// stored is when the answer carried ttl, and until is when the fast
 	// path stops serving it, both on the store's clock.
 	stored, until int64
 	// refresh is the state of serve_stale's refresh of an expired entry:
 	// 0 none, -1 one running, else the time (on the store's clock) before
-	// which a failed one is not retried. Changed atomically; the rest of the
-	// entry is immutable.
+	// which a failed one is not retried. Changed atomically, as used is;
+	// the rest of the entry is immutable.
 	refresh int64
 	// ttl is the TTL every record carried when the answer was stored.
-	ttl             uint32
+	ttl uint32
+	// used is set (atomically) when the entry is served, and cleared when
+	// a full shard looking for a victim passes over it: an entry served
+	// since is not evicted while one that was not is at hand.
+	used            uint32
 	keyLen, respLen uint16
 	// nameLen is the wire length of the question name; opt the offset of
 	// the OPT record's class, or 0; nttls the number of TTL offsets.
@@ -169,6 +174,9 @@ func (s *store) getHashed(h uint64, key []byte, now, grace int64) *entry {
 	if e == nil || now >= e.until+grace || string(e.key()) != string(key) {
 		return nil
 	}
+	if atomic.LoadUint32(&e.used) == 0 { // a popular entry's line stays clean
+		atomic.StoreUint32(&e.used, 1)
+	}
 	return e
 }
 
@@ -234,27 +242,45 @@ func (e *entry) endRefresh(now int64, recheck time.Duration, refreshed bool) {
 const evictProbes = 8
 
 // victim is the slot of the entry to evict from the full shard for an entry
-// of hash h stored at now: of the first evictProbes entries from a slot
-// picked by hash bits the index does not use (an arbitrary place), the
-// first the fast path no longer serves (expired: kept only for serve_stale,
-// and where the store is not the cache of what it holds, CoreDNS's cache
-// has its own), else the first. (Not the
+// of hash h stored at now, by a second-chance (clock) rule over the first
+// evictProbes entries from a slot picked by hash bits the index does not
+// use (an arbitrary place): the first the fast path no longer serves
+// (expired: kept only for serve_stale, and where the store is not the
+// cache of what it holds, CoreDNS's cache has its own), else the first not
+// served since a victim was last looked for among them, else the first.
+// The entries passed over lose their mark. So a flood of names asked once
+// evicts its own kind, not the names the node's pods keep asking. (Not the
 // one that expires first: that is the one stored first, often a popular
 // name a flood of new ones would then push out.)
 func (sh *shard) victim(h uint64, now int64) uint64 {
 	mask := uint64(len(sh.slots) - 1)
-	first, probed := uint64(math.MaxUint64), 0
+	first, unused, probed := uint64(math.MaxUint64), uint64(math.MaxUint64), 0
 	for i := (h >> 32) & mask; probed < min(evictProbes, sh.n); i = (i + 1) & mask {
 		if sh.slots[i].h == 0 {
 			continue
 		}
-		if sh.slots[i].e.until <= now {
+		e := sh.slots[i].e
+		if e.until <= now {
 			return i
 		}
 		if probed == 0 {
 			first = i
 		}
+		if unused == math.MaxUint64 && atomic.LoadUint32(&e.used) == 0 {
+			unused = i
+		}
 		probed++
+	}
+	if unused != math.MaxUint64 {
+		first = unused
+	}
+	// Clear the marks of those passed over (after the loop: an expired
+	// entry found on the way ends it, and leaves the marks as they were).
+	for i, n := (h>>32)&mask, 0; n < probed && i != first; i = (i + 1) & mask {
+		if sh.slots[i].h != 0 {
+			atomic.StoreUint32(&sh.slots[i].e.used, 0)
+			n++
+		}
 	}
 	return first
 }

@@ -571,3 +571,29 @@ func TestEntryHoldsItsParts(t *testing.T) {
 		t.Error("an answer longer than the header's length field stored")
 	}
 }
+
+// TestStoreKeepsServedEntries: a name served between the stores of a flood
+// of names asked once stays in its full shard; the flood evicts its own.
+// (Without the second chance, any entry of a full shard is as likely to go:
+// the served name would not outlast a flood of a hundred times the shard.)
+func TestStoreKeepsServedEntries(t *testing.T) {
+	st := newStore(16 * shards)
+	hot := []byte("hot.example.org\x00\x01")
+	st.put(newEntry(hot, nil, layout{}, 0, 1<<62))
+	sh := st.shardOf(st.hash(hot))
+	flooded := 0
+	for i := 0; flooded < 100*st.perShard; i++ {
+		k := []byte(fmt.Sprintf("flood-%d.example.org\x00\x01", i))
+		if st.shardOf(st.hash(k)) != sh {
+			continue
+		}
+		flooded++
+		st.put(newEntry(k, nil, layout{}, 1, 1<<62))
+		if st.get(hot, 1) == nil {
+			t.Fatalf("the served name evicted after %d names of its shard asked once (shard capacity %d)", flooded, st.perShard)
+		}
+	}
+	if sh.n != st.perShard {
+		t.Errorf("%d entries in the flooded shard, capacity %d", sh.n, st.perShard)
+	}
+}
