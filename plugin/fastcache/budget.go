@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coredns/coredns/request"
@@ -45,6 +46,8 @@ type budget struct {
 	used      int64
 	held      map[string]charge
 	lastSweep time.Time
+	// n is len(held), for mayHold without the lock.
+	n atomic.Int64
 }
 
 type charge struct {
@@ -84,6 +87,7 @@ func (b *budget) admit(key string, n int, now, until time.Time) bool {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	defer func() { b.n.Store(int64(len(b.held))) }()
 	if c, ok := b.held[key]; ok {
 		b.used += cost - c.bytes
 		b.held[key] = charge{bytes: cost, until: until}
@@ -104,6 +108,41 @@ func (b *budget) admit(key string, n int, now, until time.Time) bool {
 	b.held[key] = charge{bytes: cost, until: until}
 	b.used += cost
 	return true
+}
+
+// mayHold reports whether CoreDNS's cache of zone may hold an answer to
+// r, with any DO and CD bits: one counted here, until its retention
+// passed. (Where the fast path's store is the cache of what it holds, all
+// CoreDNS's cache stores is counted.)
+func (b *budget) mayHold(zone string, r *dns.Msg) bool {
+	if b.n.Load() == 0 {
+		return false
+	}
+	if len(r.Question) != 1 {
+		return true
+	}
+	q := r.Question[0]
+	var buf [2*maxName + 8]byte
+	k := append(buf[:0], zone...)
+	k = append(k, 0)
+	for i := 0; i < len(q.Name); i++ {
+		c := q.Name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		k = append(k, c)
+	}
+	k = append(k, byte(q.Qtype>>8), byte(q.Qtype), 0)
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for flags := range byte(4) {
+		k[len(k)-1] = flags
+		if c, ok := b.held[string(k)]; ok && now.Before(c.until) {
+			return true
+		}
+	}
+	return false
 }
 
 // inUse returns the bytes counted.

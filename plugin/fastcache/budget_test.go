@@ -145,3 +145,49 @@ func testUpstream(t *testing.T, h dns.Handler) string {
 	t.Cleanup(func() { us.Shutdown(); ts.Shutdown() })
 	return pc.LocalAddr().String()
 }
+
+// mayHold finds what the budget counts for a request's name and type, in
+// any case and with any DO and CD bits, under the zone's cache, until its
+// retention passes.
+func TestBudgetMayHold(t *testing.T) {
+	b := &budget{limit: 1 << 20, held: map[string]charge{}}
+	req := func(name string, qtype uint16, do, cd bool) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		if do {
+			m.SetEdns0(1232, true)
+		}
+		m.CheckingDisabled = cd
+		return m
+	}
+	now := time.Now()
+	if b.mayHold("example.org.", req("a.example.org.", dns.TypeA, false, false)) {
+		t.Fatal("an empty budget holds a name")
+	}
+	w := &budgetWriter{f: &FastCache{zone: "example.org."}, req: req("Big.Example.org.", dns.TypeTXT, true, false)}
+	b.admit(w.key(), 2000, now, now.Add(time.Hour))
+	w = &budgetWriter{f: &FastCache{zone: "example.org."}, req: req("gone.example.org.", dns.TypeA, false, false)}
+	b.admit(w.key(), 2000, now.Add(-2*time.Hour), now.Add(-time.Hour))
+	for _, tc := range []struct {
+		zone string
+		r    *dns.Msg
+		want bool
+	}{
+		{"example.org.", req("big.example.org.", dns.TypeTXT, false, false), true},
+		{"example.org.", req("BIG.EXAMPLE.ORG.", dns.TypeTXT, false, true), true},
+		{"example.org.", req("big.example.org.", dns.TypeTXT, true, true), true},
+		{"example.org.", req("big.example.org.", dns.TypeA, false, false), false},
+		{"example.org.", req("other.example.org.", dns.TypeTXT, false, false), false},
+		{".", req("big.example.org.", dns.TypeTXT, false, false), false},
+		{"example.org.", req("gone.example.org.", dns.TypeA, false, false), false},
+		{"example.org.", &dns.Msg{}, true}, // no question to look up: maybe
+	} {
+		name := "(none)"
+		if len(tc.r.Question) == 1 {
+			name = tc.r.Question[0].Name
+		}
+		if got := b.mayHold(tc.zone, tc.r); got != tc.want {
+			t.Errorf("mayHold(%s, %s) = %v, want %v", tc.zone, name, got, tc.want)
+		}
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"github.com/coredns/coredns/plugin/pkg/response"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/coro"
 )
 
 // FastCache is the plugin handler.
@@ -44,6 +46,10 @@ type FastCache struct {
 	// fast is set at start-up when the plugins before this one in the
 	// chain have no effect on a cache hit (see eligible).
 	fast atomic.Bool
+	// inline is set at start-up when only spread (and loop) run after this
+	// one: a miss may go on in the fast path's reader until spread parks
+	// it (see ServeDNS).
+	inline bool
 	// maxUDP is the bufsize plugin's cap on the client's advertised UDP
 	// buffer when it runs before this one (0: none): the fast path caps it
 	// the same way.
@@ -63,6 +69,19 @@ func (f *FastCache) Name() string { return pluginName }
 // stores the upstream's answer, the answer it will give from its cache
 // (hitAnswer) is.
 func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	// Run as a coroutine of the fast path's reader (package coro), the
+	// query goes on in it only on a miss of both caches with nothing but
+	// spread after: what else the cache does may wait. The coroutine is
+	// hidden from the chain below, whose goroutines (prefetches, refreshes)
+	// share ctx; upstream hands it to spread for the cache's miss alone.
+	co := coro.FromContext(ctx)
+	if co != nil {
+		ctx = coro.NewContext(ctx, nil)
+		if !f.inline || f.denial == nil {
+			co.Detach()
+			co = nil
+		}
+	}
 	if !f.fast.Load() {
 		return f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, &lookup{client: w}), w, r)
 	}
@@ -91,13 +110,22 @@ func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 			e = f.lookup(k, now, int64(f.opts.staleUpTo))
 		}
 		if e != nil {
+			if co != nil && now >= e.until {
+				co.Detach() // served stale: it may wait for the upstream
+			}
 			return f.fromStore(ctx, w, r, q.key, e, now, exact)
 		}
 	} else if f.store.get(q.key, now) != nil {
 		return f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, &lookup{client: w}), w, r)
 	}
+	if co != nil && largeAnswers.mayHold(f.zone, r) {
+		// CoreDNS's cache may hold the name (what the fast path's store
+		// cannot): served stale, it waits for the upstream.
+		co.Detach()
+		co = nil
+	}
 	cw := &captureWriter{ResponseWriter: w}
-	lk := &lookup{client: cw, w: w, r: r, key: q.key}
+	lk := &lookup{client: cw, w: w, r: r, key: q.key, co: co}
 	rc, err := f.cache.ServeDNS(context.WithValue(ctx, lookupKey{}, lk), cw, r)
 	if cw.msg != nil && !lk.upstream.Load() {
 		f.capture(q.key, cw.msg, now, false)
@@ -295,6 +323,9 @@ type lookup struct {
 	upstream atomic.Bool
 	// answer is the upstream's answer the cache was given to store.
 	answer atomic.Pointer[dns.Msg]
+	// co is the coroutine the request runs in, for spread when the cache
+	// passes a miss on in it (nil: none, or it may not park).
+	co *coro.Co
 }
 
 type lookupKey struct{}
@@ -313,6 +344,11 @@ func (u upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	lk, _ := ctx.Value(lookupKey{}).(*lookup)
 	if lk != nil {
 		lk.upstream.Store(true)
+		if lk.co != nil && lk.client != nil && innerWriter(w) == lk.client {
+			// The cache's miss of the request, in its goroutine: what
+			// else reaches here (prefetches, refreshes) runs elsewhere.
+			ctx = coro.NewContext(ctx, lk.co)
+		}
 	}
 	w = &budgetWriter{ResponseWriter: w, f: u.f, req: r, lk: lk}
 	if u.next == nil {

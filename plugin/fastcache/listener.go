@@ -12,6 +12,8 @@ import (
 
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/miekg/dns"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/coro"
 )
 
 // listener is the fast path on one address: its socket, the fastcache of
@@ -43,7 +45,10 @@ type listener struct {
 	jobs    chan job
 	workers atomic.Int32
 	quit    chan struct{}
-	// handedOff counts the packets the reader handed to workers itself.
+	// coros run the queries the fast path's reader hands on, on its own
+	// thread until they wait (see package coro); workers, the rest.
+	coros *coro.Pool[job]
+	// handedOff counts the packets the reader handed on itself.
 	handedOff atomic.Int64
 }
 
@@ -110,12 +115,28 @@ func zoneKey(zone string) string {
 	return string(buf[:n])
 }
 
+func newListener(addr string) *listener {
+	l := &listener{addr: addr, zones: map[string]*FastCache{}, jobs: make(chan job), quit: make(chan struct{})}
+	l.coros = coro.NewPool(l.servePacket, l.addWorker, func() { l.workers.Add(-1) })
+	return l
+}
+
+// addWorker counts one more worker or coroutine, and reports whether it
+// is within maxWorkers.
+func (l *listener) addWorker() bool {
+	if l.workers.Add(1) <= maxWorkers {
+		return true
+	}
+	l.workers.Add(-1)
+	return false
+}
+
 func (r *registry) register(addr string, f *FastCache) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	l := r.m[addr]
 	if l == nil {
-		l = &listener{addr: addr, zones: map[string]*FastCache{}, jobs: make(chan job), quit: make(chan struct{})}
+		l = newListener(addr)
 		r.m[addr] = l
 	}
 	l.zones[zoneKey(f.zone)] = f
@@ -149,6 +170,9 @@ func (r *registry) unregister(addr string, f *FastCache) {
 func (l *listener) stop() {
 	if l.quit != nil {
 		close(l.quit)
+	}
+	if l.coros != nil {
+		l.coros.Close()
 	}
 	if l.dns != nil {
 		_ = l.dns.Shutdown()
@@ -220,7 +244,7 @@ func (l *listener) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	// worker may answer after it.
 	counted := l.limit.Load() != nil
 	if !l.dispatch(job{w: w, r: r, counted: counted}) {
-		l.serve(w, r, counted)
+		l.serve(nil, w, r, counted)
 	}
 }
 
@@ -232,22 +256,27 @@ func (l *listener) dispatch(j job) bool {
 		return true
 	default:
 	}
-	if l.workers.Add(1) <= maxWorkers {
+	if l.addWorker() {
 		go l.work(j)
 		return true
 	}
-	l.workers.Add(-1)
 	return false
 }
 
-// handOff gives a query the fast path's reader understood but has no
-// answer for, packet p from peer, to an idle worker, or to a new one while
-// there are fewer than maxWorkers, and reports whether it did: miekg/dns
-// would start a goroutine for it, whose stack grows as it unpacks the
-// query, only to hand it to a worker. p is copied.
+// handOff serves a query the fast path's reader understood but has no
+// answer for, packet p from peer: on a coroutine, in the reader's
+// goroutine until the query waits (or, with none to spare, on a worker),
+// and reports whether it did: miekg/dns would start a goroutine for it,
+// whose stack grows as it unpacks the query, only to hand it to a worker.
+// p is the reader's buffer: a coroutine unpacks it before it first yields,
+// a worker is given a copy.
 func (l *listener) handOff(p []byte, peer netip.AddrPort, counted bool) bool {
-	if !l.dispatch(job{pkt: slices.Clone(p), peer: peer, counted: counted}) {
-		return false
+	j := job{pkt: p, peer: peer, counted: counted}
+	if !l.coros.Start(j) {
+		j.pkt = slices.Clone(p)
+		if !l.dispatch(j) {
+			return false
+		}
 	}
 	l.handedOff.Add(1)
 	return true
@@ -258,9 +287,9 @@ func (l *listener) work(j job) {
 	defer l.workers.Add(-1)
 	for {
 		if j.pkt != nil {
-			l.servePacket(j)
+			l.servePacket(nil, j)
 		} else {
-			l.serve(j.w, j.r, j.counted)
+			l.serve(nil, j.w, j.r, j.counted)
 		}
 		select {
 		case j = <-l.jobs:
@@ -271,13 +300,17 @@ func (l *listener) work(j job) {
 }
 
 // serve hands a query to CoreDNS's server as its own servers do, marked
-// when the fast path's reader already counted it for misslimit.
-func (l *listener) serve(w dns.ResponseWriter, r *dns.Msg, counted bool) {
+// when the fast path's reader already counted it for misslimit, in
+// coroutine co if not nil.
+func (l *listener) serve(co *coro.Co, w dns.ResponseWriter, r *dns.Msg, counted bool) {
 	s := l.srv.Load()
 	ctx := context.WithValue(context.Background(), dnsserver.Key{}, s)
 	ctx = context.WithValue(ctx, dnsserver.LoopKey{}, 0)
 	if counted {
 		ctx = context.WithValue(ctx, prefiltered{}, true)
+	}
+	if co != nil {
+		ctx = coro.NewContext(ctx, co)
 	}
 	s.ServeDNS(ctx, w, r)
 }
@@ -285,8 +318,9 @@ func (l *listener) serve(w dns.ResponseWriter, r *dns.Msg, counted bool) {
 // servePacket unpacks a packet the reader handed on and serves it as
 // miekg/dns's UDP server would (it only hands on queries the fast path
 // parsed, which miekg/dns accepts), answering through the fast path's
-// socket.
-func (l *listener) servePacket(j job) {
+// socket; in coroutine co if not nil, which unpacks the packet before it
+// first yields.
+func (l *listener) servePacket(co *coro.Co, j job) {
 	w := &packetWriter{c: l.conn, peer: net.UDPAddrFromAddrPort(j.peer)}
 	r := new(dns.Msg)
 	if err := r.Unpack(j.pkt); err != nil {
@@ -297,7 +331,7 @@ func (l *listener) servePacket(j job) {
 		_ = w.WriteMsg(r)
 		return
 	}
-	l.serve(w, r, j.counted)
+	l.serve(co, w, r, j.counted)
 }
 
 // packetWriter is miekg/dns's UDP response writer for a packet the fast

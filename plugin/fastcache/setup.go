@@ -111,6 +111,7 @@ func setup(c *caddy.Controller) error {
 	c.OnStartup(func() error {
 		f.m = newZoneMetrics(cfg, f)
 		f.fast.Store(f.eligible(cfg))
+		f.inline = parksAfter(cfg)
 		for _, a := range addrs {
 			listeners.register(a, f)
 		}
@@ -183,6 +184,24 @@ func (f *FastCache) eligible(cfg *dnsserver.Config) bool {
 		}
 		log.Infof("zone %s: fast path off: plugin %s runs before fastcache on every query", f.zone, h.Name())
 		return false
+	}
+	return true
+}
+
+// inlineAfter are the plugins that may run after fastcache for a miss to
+// go on in the fast path's reader (package coro): loop passes the query
+// on, and spread parks it while it waits for the upstream; any other may
+// wait in the reader.
+var inlineAfter = map[string]bool{"loop": true, "spread": true}
+
+// parksAfter reports whether only plugins of inlineAfter run after
+// fastcache.
+func parksAfter(cfg *dnsserver.Config) bool {
+	me := slices.Index(dnsserver.Directives, pluginName)
+	for _, h := range cfg.Handlers() {
+		if i := slices.Index(dnsserver.Directives, h.Name()); i > me && !inlineAfter[h.Name()] {
+			return false
+		}
 	}
 	return true
 }

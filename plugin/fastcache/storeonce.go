@@ -61,23 +61,37 @@ var pluginWriter = func() reflect.Type {
 // handler, is its writer for a miss: its ResponseWriter as such, which
 // plugin.NextOrFailure wraps, not in the writer of a refresh of its own
 // (serve_stale verify), nor a prefetch's (the caller checks).
-func missWriter(w dns.ResponseWriter) bool {
-	if _, ok := w.(*cache.ResponseWriter); ok {
-		return true
+func missWriter(w dns.ResponseWriter) bool { return cacheWriter(w) != nil }
+
+// cacheWriter returns CoreDNS's cache's writer w is, or wraps as
+// plugin.NextOrFailure does, nil if neither.
+func cacheWriter(w dns.ResponseWriter) *cache.ResponseWriter {
+	if cw, ok := w.(*cache.ResponseWriter); ok {
+		return cw
 	}
 	if w == nil || pluginWriter == nil {
-		return false
+		return nil
 	}
 	v := reflect.ValueOf(w)
 	if v.Type() != pluginWriter || v.Kind() != reflect.Pointer || v.IsNil() {
-		return false
+		return nil
 	}
 	f := v.Elem().FieldByName("ResponseWriter")
 	if !f.IsValid() || !f.CanInterface() {
-		return false
+		return nil
 	}
-	_, ok := f.Interface().(*cache.ResponseWriter)
-	return ok
+	cw, _ := f.Interface().(*cache.ResponseWriter)
+	return cw
+}
+
+// innerWriter returns the client's writer of CoreDNS's cache's writer w
+// (for a miss, the one the cache was given; for a prefetch, nil), nil if
+// w is not the cache's writer.
+func innerWriter(w dns.ResponseWriter) dns.ResponseWriter {
+	if cw := cacheWriter(w); cw != nil {
+		return cw.ResponseWriter
+	}
+	return nil
 }
 
 // missAnswer is what CoreDNS's cache writes to the client for the upstream

@@ -248,5 +248,5 @@ func (o *oneConn) Addr() net.Addr { return o.addr }
 // serveTCPQuery hands a query over TCP to CoreDNS's server, as CoreDNS's
 // own TCP server does: every plugin, misslimit included, sees it.
 func (l *listener) serveTCPQuery(w dns.ResponseWriter, r *dns.Msg) {
-	l.serve(w, r, false)
+	l.serve(nil, w, r, false)
 }

@@ -9,11 +9,15 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/coro"
 )
 
 // An upstream's connections: TCP, one query at a time each (kube-dns's
@@ -51,12 +55,91 @@ type upConn struct {
 	c    net.Conn
 	r    *bufio.Reader
 	used time.Time
+
+	// A query sent by a coroutine (package coro) parks until the answer
+	// arrives: the connection's waiter, a goroutine started at the first
+	// such query, waits for the connection to be readable and resumes the
+	// coroutine armed, so that the answer wakes one thread, the waiter's,
+	// and the goroutine that read the query reads on.
+	raw       syscall.RawConn
+	armed     chan *coro.Co
+	done      chan struct{}
+	closeOnce sync.Once
+	waiting   bool // the waiter runs
+}
+
+func newUpConn(nc net.Conn) *upConn {
+	c := &upConn{c: nc, r: bufio.NewReaderSize(nc, readBuffer), armed: make(chan *coro.Co, 1), done: make(chan struct{})}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	return c
+}
+
+// close closes the connection, and ends its waiter.
+func (c *upConn) close() {
+	c.closeOnce.Do(func() {
+		close(c.done)
+		c.c.Close()
+	})
+}
+
+// parks reports whether a coroutine's query on c parks until the answer:
+// not when c has no waiter to resume it, nor when the answer (or more) is
+// already read.
+func (c *upConn) parks() bool { return c.raw != nil && c.r.Buffered() == 0 }
+
+// Arm implements coro.Waiter: co, which sent a query on c, is resumed by
+// c's waiter once c is readable (or its read deadline passes, or c is
+// closed).
+func (c *upConn) Arm(co *coro.Co) {
+	if !c.waiting {
+		c.waiting = true
+		go c.wait()
+	}
+	c.armed <- co
+}
+
+// wait is c's waiter. It waits for c to be readable before it looks for a
+// coroutine to resume (one is armed just after its query is sent, before
+// any answer can be read), so that the answer's arrival is the one wake-up.
+// It never reads: the coroutine does, in the waiter's goroutine.
+func (c *upConn) wait() {
+	for {
+		err := c.raw.Read(c.readable)
+		select {
+		case co := <-c.armed:
+			co.Resume()
+			continue
+		default:
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		// Readable, a read deadline passed or the peer closed c with no
+		// query waiting: one is armed only once sent.
+		select {
+		case co := <-c.armed:
+			co.Resume()
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// readable is c's waiter's test: whether c has something to read (or an
+// error to report). Called again once the poller saw c readable, it only
+// confirms.
+func (c *upConn) readable(fd uintptr) bool {
+	var b [1]byte
+	_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	return errno != syscall.EAGAIN
 }
 
 // get returns an idle connection not unused for longer than expire (the
 // most recently used: the others age out), or a new one, dialled within
-// timeout; cached reports which.
-func (p *pool) get(now time.Time, timeout time.Duration) (c *upConn, cached bool, err error) {
+// timeout (by co, if not nil, detached first); cached reports which.
+func (p *pool) get(now time.Time, timeout time.Duration, co *coro.Co) (c *upConn, cached bool, err error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 {
 		c = p.idle[len(p.idle)-1]
@@ -65,18 +148,21 @@ func (p *pool) get(now time.Time, timeout time.Duration) (c *upConn, cached bool
 			p.mu.Unlock()
 			return c, true, nil
 		}
-		c.c.Close()
+		c.close()
 	}
 	closed := p.closed
 	p.mu.Unlock()
 	if closed {
 		return nil, false, errors.New("upstream stopped")
 	}
+	if co != nil {
+		co.Detach()
+	}
 	nc, err := net.DialTimeout("tcp", p.addr, timeout)
 	if err != nil {
 		return nil, false, err
 	}
-	return &upConn{c: nc, r: bufio.NewReaderSize(nc, readBuffer)}, false, nil
+	return newUpConn(nc), false, nil
 }
 
 // put gives c back, used at now, and closes the connections that have been
@@ -86,12 +172,12 @@ func (p *pool) put(c *upConn, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		c.c.Close()
+		c.close()
 		return
 	}
 	n := 0
 	for n < len(p.idle) && now.Sub(p.idle[n].used) > p.expire {
-		p.idle[n].c.Close()
+		p.idle[n].close()
 		n++
 	}
 	if n > 0 {
@@ -107,7 +193,7 @@ func (p *pool) close() {
 	defer p.mu.Unlock()
 	p.closed = true
 	for _, c := range p.idle {
-		c.c.Close()
+		c.close()
 	}
 	p.idle = nil
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/coredns/coredns/plugin/debug"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/coro"
 )
 
 const pluginName = "spread"
@@ -195,13 +197,16 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 		s.m.refused.Inc()
 		return nil, errLimitReached
 	}
+	// Run as a coroutine (package coro), the first try parks until its
+	// answer; anything else waits detached.
+	co := coro.FromContext(ctx)
 	var lastErr error
 	if !plan[0].trial {
 		if !next() {
 			return refuse()
 		}
 		a := &plan[0]
-		ret, c, err := s.roundTrip(a, q, len(plan) > 1)
+		ret, c, err := s.roundTrip(co, a, q, len(plan) > 1)
 		switch {
 		case err == nil:
 			s.inFlight.Add(-1)
@@ -230,6 +235,9 @@ func (s *Spread) exchange(ctx context.Context, state request.Request) (*dns.Msg,
 		// Trials start the next attempt at once.
 		for plan[launched-1].trial && launch() {
 		}
+	}
+	if co != nil {
+		co.Detach()
 	}
 	timer := time.NewTimer(plan[launched-1].limit)
 	defer timer.Stop()
@@ -322,7 +330,7 @@ func (s *Spread) try(j tryJob) {
 	if j.c != nil {
 		ret, err = s.await(j.a, j.q, j.c)
 	} else {
-		ret, _, err = s.roundTrip(j.a, j.q, false)
+		ret, _, err = s.roundTrip(nil, j.a, j.q, false)
 	}
 	s.judge(j.a, err)
 	j.results <- result{i: j.i, ret: ret, err: err}
@@ -355,13 +363,13 @@ func (s *Spread) judge(a *attempt, err error) {
 // attempt's new connection gets no longer than the limit to be set up (a
 // dial cannot be handed over): an upstream that drops packets fails it
 // then, and the next attempt starts, as it would at the limit.
-func (s *Spread) roundTrip(a *attempt, q packed, hedged bool) (*dns.Msg, *upConn, error) {
+func (s *Spread) roundTrip(co *coro.Co, a *attempt, q packed, hedged bool) (*dns.Msg, *upConn, error) {
 	dial := dialTimeout
 	if hedged {
 		dial = min(a.limit, dialTimeout)
 	}
 	for {
-		c, cached, err := a.u.pool.get(time.Now(), dial)
+		c, cached, err := a.u.pool.get(time.Now(), dial, co)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -372,7 +380,7 @@ func (s *Spread) roundTrip(a *attempt, q packed, hedged bool) (*dns.Msg, *upConn
 		}
 		a.sent = time.Now()
 		if err := c.send(q); err != nil {
-			c.c.Close()
+			c.close()
 			if cached {
 				continue
 			}
@@ -382,6 +390,11 @@ func (s *Spread) roundTrip(a *attempt, q packed, hedged bool) (*dns.Msg, *upConn
 		if hedged && a.limit < s.readTimeout {
 			wait, timeout = a.sent.Add(a.limit), true
 		}
+		if co != nil && c.parks() {
+			if err := c.c.SetReadDeadline(wait); err == nil {
+				co.Park(c)
+			}
+		}
 		ret, started, err := c.recv(q, wait)
 		if err == nil {
 			s.answered(a, c, ret)
@@ -390,7 +403,7 @@ func (s *Spread) roundTrip(a *attempt, q packed, hedged bool) (*dns.Msg, *upConn
 		if timeout && !started && timedOut(err) {
 			return nil, c, err
 		}
-		c.c.Close()
+		c.close()
 		if cached && !started && closedByPeer(err) {
 			continue
 		}
@@ -403,7 +416,7 @@ func (s *Spread) roundTrip(a *attempt, q packed, hedged bool) (*dns.Msg, *upConn
 func (s *Spread) await(a *attempt, q packed, c *upConn) (*dns.Msg, error) {
 	ret, _, err := c.recv(q, a.sent.Add(s.readTimeout))
 	if err != nil {
-		c.c.Close()
+		c.close()
 		return nil, err
 	}
 	s.answered(a, c, ret)

@@ -17,6 +17,8 @@ import (
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/node-local-coredns/node-local-coredns/internal/coro"
 )
 
 // kubeDNS is one fake kube-dns endpoint on loopback, over TCP: it answers
@@ -600,5 +602,79 @@ func TestEndpointUnreachable(t *testing.T) {
 	}
 	if s.known[dead].until.Load() == 0 {
 		t.Error("the unreachable endpoint is not penalized")
+	}
+}
+
+// TestCoroutineParks: a query run as a coroutine of the goroutine that read
+// it (package coro) gives that goroutine back once it is sent, whether its
+// connection is pooled or has to be dialled (detached: a dial may hang),
+// and the connection's waiter resumes it with the answer, or at the hedge
+// limit to try the next upstream; the coroutine then serves the next query.
+func TestCoroutineParks(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// endpoint returns the endpoint's address; its answer takes delay.
+		endpoint func(t *testing.T, eps []*kubeDNS) string
+		delay    time.Duration
+		hedge    string
+		want     func(eps []*kubeDNS, svc *kubeDNS) string
+	}{
+		{"answered", func(_ *testing.T, eps []*kubeDNS) string { return eps[0].addr }, 300 * time.Millisecond, "1s 2s",
+			func(eps []*kubeDNS, _ *kubeDNS) string { return eps[0].addr }},
+		{"past the hedge", func(_ *testing.T, eps []*kubeDNS) string { return eps[0].addr }, 2 * time.Second, "100ms 500ms",
+			func(_ []*kubeDNS, svc *kubeDNS) string { return svc.addr }},
+		{"dial hangs", func(t *testing.T, _ []*kubeDNS) string { return blackhole(t) }, 0, "100ms 500ms",
+			func(_ []*kubeDNS, svc *kubeDNS) string { return svc.addr }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc, eps, _ := cluster(t, 1)
+			s := newSpread(t, block(svc, portOf(eps[0].addr), " refresh 1h\n hedge "+tc.hedge+"\n"))
+			waitEndpoints(t, s, 1)
+			ep := tc.endpoint(t, eps)
+			s.setEndpoints([]string{ep})
+			eps[0].delay.Store(int64(tc.delay))
+			type result struct {
+				who string
+				err error
+			}
+			results := make(chan result, 1)
+			made := 0
+			p := coro.NewPool(func(co *coro.Co, name string) {
+				r := new(dns.Msg)
+				r.SetQuestion(name, dns.TypeTXT)
+				w := dnstest.NewRecorder(&test.ResponseWriter{TCP: true})
+				_, err := s.ServeDNS(coro.NewContext(context.Background(), co), w, r)
+				if err == nil && (w.Msg == nil || len(w.Msg.Answer) != 1) {
+					err = fmt.Errorf("answer %v", w.Msg)
+				}
+				if err != nil {
+					results <- result{err: err}
+					return
+				}
+				results <- result{who: w.Msg.Answer[0].(*dns.TXT).Txt[0]}
+			}, func() bool { made++; return made <= 1 }, func() {})
+			t.Cleanup(p.Close)
+			for i := range 3 {
+				started := make(chan bool)
+				go func() { started <- p.Start(fmt.Sprintf("q%d.example.", i)) }()
+				select {
+				case ok := <-started:
+					if !ok {
+						t.Fatalf("query %d: no coroutine free: the last one was not given back", i)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("query %d: the reading goroutine is held while the query waits", i)
+				}
+				select {
+				case r := <-results:
+					t.Fatalf("query %d answered (%+v) before the coroutine gave the reader back", i, r)
+				default:
+				}
+				r := <-results
+				if want := tc.want(eps, svc); r.err != nil || r.who != want {
+					t.Fatalf("query %d answered by %q (%v), want %s", i, r.who, r.err, want)
+				}
+			}
+		})
 	}
 }
