@@ -1,6 +1,8 @@
 package server
 
 import (
+	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -10,51 +12,135 @@ import (
 	"github.com/node-local-coredns/node-local-coredns/internal/corefile"
 )
 
-// TestReaderNeverWaits: a miss goes on in the fast path's reader until it
-// waits for kube-dns (package coro), and the wait does not hold the reader:
-// while a miss, and an expired answer of CoreDNS's cache (too large for the
-// fast path's store), wait for a slow kube-dns, a cached name is answered.
-func TestReaderNeverWaits(t *testing.T) {
-	const slow = 700 * time.Millisecond
-	up := startBigUpstream(t, slow)
-	// Answers expire after a second.
-	text := strings.ReplaceAll(corefile.Default, "success {{ .SuccessCapacity }} 30", "success {{ .SuccessCapacity }} 1 1")
-	if text == corefile.Default {
-		t.Fatal("the built-in Corefile's success TTL is not where the test looks for it")
+// heldUpstream is kube-dns on loopback, over UDP and TCP on one port: it
+// holds the answer to a name starting with "held" until release is closed,
+// and answers the rest at once.
+type heldUpstream struct {
+	addr    netip.AddrPort
+	release chan struct{}
+}
+
+func startHeldUpstream(t *testing.T) *heldUpstream {
+	t.Helper()
+	u := &heldUpstream{release: make(chan struct{})}
+	var (
+		pc  net.PacketConn
+		ln  net.Listener
+		err error
+	)
+	for range 10 {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
 	}
-	addr := startBuiltInText(t, up.addr, text)
-	exchange := func(name string) (*dns.Msg, error) {
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.addr = netip.MustParseAddrPort(pc.LocalAddr().String())
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		q := r.Question[0]
+		if strings.HasPrefix(q.Name, "held") {
+			<-u.release
+		}
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)}}
+		_ = w.WriteMsg(m)
+	})
+	us := &dns.Server{PacketConn: pc, Handler: handler}
+	ts := &dns.Server{Listener: ln, Handler: handler}
+	go us.ActivateAndServe() //nolint:errcheck
+	go ts.ActivateAndServe() //nolint:errcheck
+	t.Cleanup(func() {
+		select {
+		case <-u.release:
+		default:
+			close(u.release)
+		}
+		_ = us.Shutdown()
+		_ = ts.Shutdown()
+	})
+	return u
+}
+
+// answeredWhileHeld checks that, while the query for held waits for the
+// upstream, which holds it, the cached name is answered within a second
+// (a hit takes well under a millisecond; a reader held by the query would
+// wait for the query's timeout, over a second); then lets the upstream
+// answer, and checks the held query's answer.
+func answeredWhileHeld(t *testing.T, up *heldUpstream, addr, held, cached string) {
+	t.Helper()
+	exchange := func(name string) error {
 		m := new(dns.Msg)
 		m.SetQuestion(name, dns.TypeA)
-		r, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, addr)
-		return r, err
+		_, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, addr)
+		return err
 	}
-	if _, err := exchange("big.example.org."); err != nil {
+	heldDone := make(chan error, 1)
+	go func() { heldDone <- exchange(held) }()
+	time.Sleep(50 * time.Millisecond) // the held query is at the upstream
+	cachedDone := make(chan error, 1)
+	go func() { cachedDone <- exchange(cached) }()
+	select {
+	case err := <-cachedDone:
+		if err != nil {
+			t.Errorf("%s: %v", cached, err)
+		}
+	case <-time.After(time.Second):
+		t.Errorf("%s not answered while %s waits for the upstream: the reader waits with it", cached, held)
+	}
+	close(up.release)
+	if err := <-heldDone; err != nil {
+		t.Errorf("%s: %v", held, err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// TestReaderNeverWaits: a miss goes on in the fast path's reader until it
+// waits for kube-dns (package coro), and the wait does not hold the reader:
+// while a miss waits for kube-dns, a cached name is answered. (kube-dns gets
+// 5 s to answer, so that a reader held by the miss would be held past the
+// check.)
+func TestReaderNeverWaits(t *testing.T) {
+	up := startHeldUpstream(t)
+	text := strings.ReplaceAll(corefile.Default, "hedge 100ms 500ms", "hedge 5s 5s")
+	text = strings.ReplaceAll(text, "read_timeout 900ms", "read_timeout 5s")
+	if strings.Count(text, "hedge 5s 5s") != 2 || strings.Count(text, "read_timeout 5s") != 2 {
+		t.Fatal("the built-in Corefile's spread timeouts are not where the test looks for them")
+	}
+	addr := startBuiltInText(t, up.addr, text)
+	m := new(dns.Msg)
+	m.SetQuestion("cached.example.org.", dns.TypeA)
+	if _, _, err := new(dns.Client).Exchange(m, addr); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1100 * time.Millisecond) // big.example.org. expires
-	if _, err := exchange("cached.example.org."); err != nil {
+	answeredWhileHeld(t, up, addr, "held.example.org.", "cached.example.org.")
+}
+
+// TestReaderNeverWaitsAside: a query CoreDNS's server hands to a block
+// without fastcache on the same address (a longer zone, forwarded by
+// forward, which waits in the goroutine it runs in) is not run in the
+// reader: while it waits for the upstream (forward's 2 s), a cached name is
+// answered.
+func TestReaderNeverWaitsAside(t *testing.T) {
+	up := startHeldUpstream(t)
+	text := corefile.Default + `
+held.example.org:{{ .Port }} {
+    bind {{ join .LocalIPs " " }}
+    forward . {{ index .Upstreams 0 }}
+}
+`
+	addr := startBuiltInText(t, up.addr, text)
+	m := new(dns.Msg)
+	m.SetQuestion("cached.example.org.", dns.TypeA)
+	if _, _, err := new(dns.Client).Exchange(m, addr); err != nil {
 		t.Fatal(err)
 	}
-	for _, slowName := range []string{"big.example.org.", "new.example.org."} {
-		type answer struct {
-			name string
-			err  error
-		}
-		order := make(chan answer, 2)
-		go func() {
-			_, err := exchange(slowName)
-			order <- answer{slowName, err}
-		}()
-		time.Sleep(50 * time.Millisecond) // the slow query waits for kube-dns
-		_, err := exchange("cached.example.org.")
-		order <- answer{"cached.example.org.", err}
-		first, second := <-order, <-order
-		if first.err != nil || second.err != nil {
-			t.Fatalf("%s: %v; %s: %v", first.name, first.err, second.name, second.err)
-		}
-		if first.name != "cached.example.org." {
-			t.Errorf("the cached name was answered after %s, which waited for kube-dns: the reader waited with it", slowName)
-		}
-	}
+	answeredWhileHeld(t, up, addr, "held.example.org.", "cached.example.org.")
 }

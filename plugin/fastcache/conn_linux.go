@@ -267,7 +267,7 @@ func (c *conn) readFrom(b []byte) (int, net.Addr, error) {
 				limitedDrops.Inc()
 				continue
 			}
-			if parsed && c.l.handOff(p, peer, lim != nil) {
+			if parsed && c.l.handOff(p, peer, lim != nil, c.l.inlines(&c.q, c.l.route(&c.q))) {
 				continue
 			}
 			if err := c.flush(); err != nil {

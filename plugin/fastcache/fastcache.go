@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnsutil"
 	"github.com/coredns/coredns/plugin/pkg/response"
@@ -38,8 +39,11 @@ type FastCache struct {
 	// the fast path's stores are then the cache of what they hold (see
 	// storeonce.go). Without, store holds both, and nil.
 	denial *store
-	// zone is the server block's zone, the one the fast path routes by.
+	// zone is the server block's zone, the one the fast path routes by;
+	// cfg the block's configuration.
 	zone string
+	wire string // zone's lowercased wire name
+	cfg  *dnsserver.Config
 	// cacheZones and view are the zones and view labels of CoreDNS's
 	// cache's metrics for the block.
 	cacheZones, view string

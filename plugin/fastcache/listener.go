@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -48,6 +49,9 @@ type listener struct {
 	// coros run the queries the fast path's reader hands on, on its own
 	// thread until they wait (see package coro); workers, the rest.
 	coros *coro.Pool[job]
+	// aside are the zones of the server on the address whose queries do
+	// not run as coroutines (see inlines), lowercased wire names.
+	aside atomic.Pointer[[]string]
 	// handedOff counts the packets the reader handed on itself.
 	handedOff atomic.Int64
 }
@@ -197,6 +201,7 @@ func attach(s *dnsserver.Server) dns.DecorateWriter {
 		return nil
 	}
 	l.srv.Store(s)
+	l.setAside(s)
 	if l.conn != nil {
 		return nil
 	}
@@ -263,16 +268,81 @@ func (l *listener) dispatch(j job) bool {
 	return false
 }
 
+// setAside records the zones of s whose queries the reader does not run
+// as coroutines: a query goes on in the reader only when CoreDNS's server
+// hands it to the one configuration of its zone, a block whose fastcache
+// has only spread after it (FastCache.inline). Without s's zones (CoreDNS
+// keeps them unexported), none runs as a coroutine.
+func (l *listener) setAside(s *dnsserver.Server) {
+	zones, ok := serverZones(s)
+	if !ok {
+		l.aside.Store(nil)
+		return
+	}
+	aside := []string{}
+	for zone, cfgs := range zones {
+		f := l.zones[zoneKey(zone)]
+		if f != nil && len(cfgs) == 1 && cfgs[0] == f.cfg && f.inline {
+			continue
+		}
+		aside = append(aside, zoneKey(zone))
+	}
+	l.aside.Store(&aside)
+}
+
+// serverZones returns the configurations of s by zone, as CoreDNS's server
+// routes queries to them, and whether it could read them.
+func serverZones(s *dnsserver.Server) (map[string][]*dnsserver.Config, bool) {
+	v := reflect.ValueOf(s)
+	if v.Kind() != reflect.Pointer || v.IsNil() {
+		return nil, false
+	}
+	m := v.Elem().FieldByName("zones")
+	if !m.IsValid() || m.Kind() != reflect.Map || m.Type().Key().Kind() != reflect.String ||
+		m.Type().Elem() != reflect.TypeFor[[]*dnsserver.Config]() {
+		return nil, false
+	}
+	out := make(map[string][]*dnsserver.Config, m.Len())
+	for it := m.MapRange(); it.Next(); {
+		cfgs := it.Value()
+		for i := range cfgs.Len() {
+			out[it.Key().String()] = append(out[it.Key().String()], (*dnsserver.Config)(cfgs.Index(i).UnsafePointer()))
+		}
+	}
+	return out, true
+}
+
+// inlines reports whether the query parsed into q, routed to f, runs as a
+// coroutine of the reader: CoreDNS's server hands it to f's block, and
+// that block lets it (setAside). A zone aside takes the name when it is
+// f's, or longer.
+func (l *listener) inlines(q *query, f *FastCache) bool {
+	aside := l.aside.Load()
+	if f == nil || !f.inline || aside == nil {
+		return false
+	}
+	name := q.key[:q.nameLen]
+	own := len(f.wire)
+	for _, z := range *aside {
+		o := len(name) - len(z)
+		if len(z) >= own && o >= 0 && q.labelAt(o) && string(name[o:]) == z {
+			return false
+		}
+	}
+	return true
+}
+
 // handOff serves a query the fast path's reader understood but has no
-// answer for, packet p from peer: on a coroutine, in the reader's
-// goroutine until the query waits (or, with none to spare, on a worker),
+// answer for, packet p from peer: with inline (see inlines) on a
+// coroutine, in the reader's goroutine until the query waits (else, or
+// with none to spare, on a worker),
 // and reports whether it did: miekg/dns would start a goroutine for it,
 // whose stack grows as it unpacks the query, only to hand it to a worker.
 // p is the reader's buffer: a coroutine unpacks it before it first yields,
 // a worker is given a copy.
-func (l *listener) handOff(p []byte, peer netip.AddrPort, counted bool) bool {
+func (l *listener) handOff(p []byte, peer netip.AddrPort, counted, inline bool) bool {
 	j := job{pkt: p, peer: peer, counted: counted}
-	if !l.coros.Start(j) {
+	if !inline || !l.coros.Start(j) {
 		j.pkt = slices.Clone(p)
 		if !l.dispatch(j) {
 			return false

@@ -90,7 +90,7 @@ func setup(c *caddy.Controller) error {
 		return plugin.Error(pluginName, err)
 	}
 
-	f := &FastCache{opts: opts, zone: cfg.Zone, view: cfg.ViewName,
+	f := &FastCache{opts: opts, zone: cfg.Zone, wire: zoneKey(cfg.Zone), view: cfg.ViewName, cfg: cfg,
 		cacheZones: strings.Join(plugin.OriginsFromArgsOrServerBlock(nil, c.ServerBlockKeys), ",")}
 	if opts.storeMisses {
 		// The fast path's store is the cache of what it stores, with the
