@@ -29,20 +29,7 @@ type bigUpstream struct {
 func startBigUpstream(t testing.TB, delay time.Duration) *bigUpstream {
 	t.Helper()
 	u := &bigUpstream{delay: delay}
-	var pc net.PacketConn
-	var ln net.Listener
-	for range 10 {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-	}
-	u.addr = netip.MustParseAddrPort(pc.LocalAddr().String())
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+	u.addr = serveUpstream(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		if _, ok := w.RemoteAddr().(*net.UDPAddr); ok {
 			u.udp.Add(1)
 		}
@@ -70,13 +57,37 @@ func startBigUpstream(t testing.TB, delay time.Duration) *bigUpstream {
 			m.SetEdns0(o.UDPSize(), false)
 		}
 		_ = w.WriteMsg(m)
-	})
-	us := &dns.Server{PacketConn: pc, Handler: handler}
-	ts := &dns.Server{Listener: ln, Handler: handler}
+	}))
+	return u
+}
+
+// serveUpstream serves h over UDP and TCP on one loopback port (a port free
+// for UDP may be taken for TCP: another is tried) until the test ends.
+func serveUpstream(t testing.TB, h dns.Handler) netip.AddrPort {
+	t.Helper()
+	var (
+		pc  net.PacketConn
+		ln  net.Listener
+		err error
+	)
+	for range 10 {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	us := &dns.Server{PacketConn: pc, Handler: h}
+	ts := &dns.Server{Listener: ln, Handler: h}
 	go us.ActivateAndServe() //nolint:errcheck
 	go ts.ActivateAndServe() //nolint:errcheck
 	t.Cleanup(func() { _ = us.Shutdown(); _ = ts.Shutdown() })
-	return u
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
 }
 
 // startBuiltIn serves the built-in Corefile on 127.0.0.1:port with up as

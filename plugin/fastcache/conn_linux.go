@@ -251,9 +251,9 @@ func (c *conn) readFrom(b []byte) (int, net.Addr, error) {
 			c.next++
 			h := &c.rx.hdrs[i]
 			p := c.rx.bufs[i][:min(int(h.n), rxBuf)]
-			served, parsed := false, false
+			served, f := false, (*FastCache)(nil)
 			if h.hdr.Flags&unix.MSG_TRUNC == 0 {
-				served, parsed = c.serve(i, p)
+				served, f = c.serve(i, p)
 			}
 			if served {
 				continue
@@ -267,7 +267,7 @@ func (c *conn) readFrom(b []byte) (int, net.Addr, error) {
 				limitedDrops.Inc()
 				continue
 			}
-			if parsed && c.l.handOff(p, peer, lim != nil, c.l.inlines(&c.q, c.l.route(&c.q))) {
+			if f != nil && c.l.handOff(p, peer, lim != nil, c.l.inlines(&c.q, f)) {
 				continue
 			}
 			if err := c.flush(); err != nil {
@@ -290,14 +290,14 @@ func (c *conn) readFrom(b []byte) (int, net.Addr, error) {
 }
 
 // serve answers packet i from the cache, queueing the answer, and reports
-// whether it did, and, if not, whether the packet is a query the fast path
-// understood and looked up (a miss).
-func (c *conn) serve(i int, p []byte) (served, miss bool) {
+// whether it did, and, if not, the fastcache whose store it looked the
+// query up in (a miss; nil when the fast path did not understand it).
+func (c *conn) serve(i int, p []byte) (served bool, missed *FastCache) {
 	t := &c.tx
 	out := t.bufs[t.n][:cap(t.bufs[t.n])]
 	resp, f, ok := c.l.answer(p, c.key[:], out, &c.q, c.at)
 	if !ok {
-		return false, f != nil
+		return false, f
 	}
 	t.iovs[t.n].SetLen(len(resp))
 	t.hdrs[t.n].hdr.Name = (*byte)(unsafe.Pointer(&c.rx.names[i]))
@@ -306,10 +306,10 @@ func (c *conn) serve(i int, p []byte) (served, miss bool) {
 	c.counts.hit(f.m, c.l.addr, &c.q, c.rx.names[i].Family == unix.AF_INET6, len(p), len(resp), int(resp[3]&0x0f), c.at)
 	if t.n == batchSize {
 		if err := c.flush(); err != nil {
-			return true, false // counted as answered; the loss is the kernel's
+			return true, nil // counted as answered; the loss is the kernel's
 		}
 	}
-	return true, false
+	return true, nil
 }
 
 // A batch of received packets is read exactly once. Its states:

@@ -50,7 +50,8 @@ type FastCache struct {
 	// fast is set at start-up when the plugins before this one in the
 	// chain have no effect on a cache hit (see eligible).
 	fast atomic.Bool
-	// inline is set at start-up when only spread (and loop) run after this
+	// inline is set at start-up when the fast path's store is the cache of
+	// what it holds (storeMisses) and only spread (and loop) run after this
 	// one: a miss may go on in the fast path's reader until spread parks
 	// it (see ServeDNS).
 	inline bool
@@ -81,7 +82,7 @@ func (f *FastCache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	co := coro.FromContext(ctx)
 	if co != nil {
 		ctx = coro.NewContext(ctx, nil)
-		if !f.inline || f.denial == nil {
+		if !f.inline {
 			co.Detach()
 			co = nil
 		}

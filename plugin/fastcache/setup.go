@@ -111,7 +111,7 @@ func setup(c *caddy.Controller) error {
 	c.OnStartup(func() error {
 		f.m = newZoneMetrics(cfg, f)
 		f.fast.Store(f.eligible(cfg))
-		f.inline = parksAfter(cfg)
+		f.inline = opts.storeMisses && parksAfter(cfg)
 		for _, a := range addrs {
 			listeners.register(a, f)
 		}
